@@ -1,0 +1,104 @@
+"""Plain values the store hands out: what the API serialises and the services reason on.
+
+The store turns ORM rows into these at once (house rule 1); nothing outside ``pcipass.store``
+ever sees a row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Generic, TypeVar
+
+from pcipass.pci.address import PciAddress
+from pcipass.pci.device import DevType, HostInfo, PciDevice
+
+T = TypeVar("T")
+
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    MEMBER = "member"
+    AGENT = "agent"
+
+
+class DeviceState(StrEnum):
+    AVAILABLE = "available"
+    CLAIMED = "claimed"
+    ALLOCATED = "allocated"
+    UNAVAILABLE = "unavailable"
+    REMOVED = "removed"
+    RESERVED = "reserved"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: a token's role and what it is bound to."""
+
+    token_id: str
+    role: Role
+    project: str | None = None
+    host: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    items: tuple[T, ...]
+    next: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReportResult:
+    host: str
+    generation: int
+    changed: bool
+    added: int = 0
+    updated: int = 0
+    removed: int = 0
+    gone: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class HostRecord:
+    name: str
+    generation: int
+    info: HostInfo
+    last_report_at: datetime | None
+    device_counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRecord:
+    """A device as the control plane knows it: discovered facts plus bookkeeping."""
+
+    host: str
+    device: PciDevice
+    state: DeviceState
+    reserved: bool = False
+    owner: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceFilter:
+    host: str | None = None
+    state: DeviceState | None = None
+    vendor_id: str | None = None
+    product_id: str | None = None
+    dev_type: DevType | None = None
+    assignable: bool | None = None
+    tags: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PoolRecord:
+    host: str
+    vendor_id: str
+    product_id: str
+    dev_type: DevType
+    numa_node: int | None
+    parent_addr: PciAddress | None
+    tags: dict[str, str]
+    total: int
+    free: int

@@ -102,7 +102,7 @@ def _get(obj: Mapping[str, Any], key: str, where: str, kind: type | tuple[type, 
 
 def _hex(obj: Mapping[str, Any], key: str, where: str, pattern: re.Pattern[str], digits: int,
          *, required: bool) -> str | None:
-    value = _get(obj, key, where, str, required=required)
+    value: str | None = _get(obj, key, where, str, required=required)
     if value is None:
         return None
     norm = value.lower().removeprefix("0x")

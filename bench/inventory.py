@@ -1,6 +1,11 @@
 """Inventory benchmarks on a large SR-IOV host (4 PFs x 256 VFs by default).
 
     .venv/bin/python bench/inventory.py [--pfs 4] [--vfs 256] [--runs 7] [--json]
+                                        [--db postgresql+psycopg://user@host/scratch_db]
+
+Inventory sync runs on a fresh SQLite file, and also on ``--db`` when given (its tables are
+migrated and the benchmark's hosts, named ``bench-<pid>-<n>``, are left there: use a scratch
+database).
 
 Each section is a function ``(BenchHost) -> list[Measurement]`` listed in ``SECTIONS``; the
 discovery section runs first and leaves its inventory on the host for later sections (the
@@ -19,6 +24,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pcipass.host.discovery import discover
@@ -26,7 +32,10 @@ from pcipass.host.pciids import PciIds
 from pcipass.host.profiles import build_sriov_scale
 from pcipass.host.sysfs_tree import SysfsTree
 from pcipass.pci.address import PciAddress
+from pcipass.pci.device import DevType
+from pcipass.pci.devspec import DeviceSpecSet, parse_device_spec
 from pcipass.pci.inventory import Inventory
+from pcipass.store import Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +110,68 @@ def bench_discovery(host: BenchHost) -> list[Measurement]:
     return result
 
 
-SECTIONS: list[Callable[[BenchHost], list[Measurement]]] = [bench_discovery]
+def with_spec(inventory: Inventory) -> Inventory:
+    """The inventory as an agent sends it: VFs selected by a device spec, on physnet1."""
+    vf = next(d for d in inventory.devices if d.dev_type is DevType.VF)
+    specs = DeviceSpecSet(parse_device_spec(
+        {"vendor_id": vf.vendor_id, "product_id": vf.product_id,
+         "physical_network": "physnet1"}))
+    return Inventory(inventory.host, specs.apply(inventory.devices))
+
+
+def bench_sync_on(host: BenchHost, url: str, label: str) -> list[Measurement]:
+    """First report of a new host, an unchanged re-report, and a report with one more VF."""
+    assert host.inventory is not None
+    base = with_spec(host.inventory)
+    plus_one: Inventory = host.extra["plus_one_vf"]  # type: ignore[assignment]
+    now = datetime.now(UTC)
+    store = Store.open(url)
+    try:
+        names = iter(f"bench-{os.getpid()}-{i}" for i in range(1_000_000))
+        result = [measure(f"sync first report ({label})",
+                          lambda: store.report_inventory(next(names), None, base, now=now),
+                          host.runs, note=f"{len(base.devices)} devices")]
+        name = f"bench-{os.getpid()}-sync"
+        gen = store.report_inventory(name, None, base, now=now).generation
+
+        def unchanged() -> None:
+            assert not store.report_inventory(name, gen, base, now=now).changed
+
+        result.append(measure(f"sync unchanged ({label})", unchanged, host.runs))
+        state = {"gen": gen}
+
+        def back_to_base() -> None:
+            state["gen"] = store.report_inventory(name, state["gen"], base, now=now).generation
+
+        def one_more() -> None:
+            res = store.report_inventory(name, state["gen"], plus_one, now=now)
+            assert res.added == 1 and res.gone == 0, res  # and the PF: num_vfs + 1
+            state["gen"] = res.generation
+
+        result.append(measure(f"sync one VF added ({label})", one_more, host.runs,
+                              setup=back_to_base))
+        return result
+    finally:
+        store.close()
+
+
+def bench_sync(host: BenchHost) -> list[Measurement]:
+    """Inventory sync through the store, on SQLite and on ``--db`` if given."""
+    assert host.inventory is not None
+    pf = host.first_pf
+    vfs = len(host.tree.vfs(pf))
+    add_one_vf(host)
+    host.extra["plus_one_vf"] = with_spec(discover(host.root))
+    host.tree.enable_vfs(pf, vfs)  # leave the host as the sections before found it
+    with tempfile.TemporaryDirectory(prefix="pcipass-bench-db-") as tmp:
+        result = bench_sync_on(host, f"sqlite:///{Path(tmp) / 'bench.db'}", "sqlite")
+    db = host.extra.get("db")
+    if isinstance(db, str):
+        result += bench_sync_on(host, db, db.split(":", 1)[0].split("+", 1)[0])
+    return result
+
+
+SECTIONS: list[Callable[[BenchHost], list[Measurement]]] = [bench_discovery, bench_sync]
 
 
 # --- running and printing --------------------------------------------------------------
@@ -115,10 +185,12 @@ def default_workdir() -> Path | None:
 
 def run(*, pfs: int, vfs_per_pf: int, runs: int,
         sections: Sequence[Callable[[BenchHost], list[Measurement]]] = SECTIONS,
-        workdir: Path | None = None) -> dict[str, object]:
+        workdir: Path | None = None, db: str | None = None) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="pcipass-bench-", dir=workdir) as tmp:
         start = time.perf_counter()
         host = build_bench_host(Path(tmp), pfs=pfs, vfs_per_pf=vfs_per_pf, runs=runs)
+        if db is not None:
+            host.extra["db"] = db
         build_s = time.perf_counter() - start
         results = [Measurement("build sysfs tree", 1, build_s, build_s, build_s)]
         for section in sections:
@@ -153,8 +225,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, default=default_workdir(),
                         help="where to build the tree (default: /dev/shm if writable)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--db", help="also time inventory sync on this database URL "
+                        "(a scratch database: benchmark hosts are left in it)")
     args = parser.parse_args(argv)
-    report = run(pfs=args.pfs, vfs_per_pf=args.vfs, runs=args.runs, workdir=args.dir)
+    report = run(pfs=args.pfs, vfs_per_pf=args.vfs, runs=args.runs, workdir=args.dir,
+                 db=args.db)
     if args.json:
         json.dump(report, sys.stdout)
         print()

@@ -16,7 +16,8 @@ any of them into ``{"code", "message", "field"}`` with the class's HTTP status.
     ├── Conflict                     409
     │   └── GenerationConflict       a write raced another (stale generation)
     └── InfrastructureError          500/503 a database, sysfs or libvirt failure
-        └── DiscoveryError           sysfs could not be read at all
+        ├── DiscoveryError           sysfs could not be read at all
+        └── ServerUnreachable        a client could not reach the control plane at all
 """
 
 from __future__ import annotations
@@ -95,3 +96,51 @@ class InfrastructureError(PcipassError):
 
 class DiscoveryError(InfrastructureError):
     code = "discovery_failed"
+
+
+class ServerUnreachable(InfrastructureError):
+    """Raised by clients (CLI, agent) when no HTTP answer came back: worth retrying later."""
+
+    code = "server_unreachable"
+
+
+class InvalidAlias(InvalidInput):
+    """A ``[pci] alias`` entry is refused (unknown key, bad value, inconsistent entries)."""
+
+    code = "invalid_alias"
+
+
+class InvalidPciRequest(InvalidInput):
+    """A flavor extra spec or image property that asks for devices is malformed or conflicts."""
+
+    code = "invalid_pci_request"
+
+
+class UnknownAlias(InvalidPciRequest):
+    """A flavor names a PCI alias that is not defined."""
+
+    code = "unknown_alias"
+
+
+class AliasNotSupportedByImage(InvalidPciRequest):
+    """The image's ``hw_pci_supported_aliases`` does not list an alias the boot asks for."""
+
+    code = "alias_not_supported_by_image"
+
+
+class VirtError(InfrastructureError):
+    """A hypervisor operation failed (libvirt, or the fake driver told to fail).
+
+    ``operation`` names what was attempted (``define``, ``start``, ``nodedev_detach``...);
+    ``driver_code`` keeps libvirt's own error number where there is one. The message carries
+    the driver's words, so a spawn's fault says what libvirt said.
+    """
+
+    code = "virt_error"
+
+    def __init__(self, message: str, *, operation: str | None = None,
+                 driver_code: int | None = None, field: str | None = None,
+                 code: str | None = None) -> None:
+        super().__init__(message, field=field, code=code)
+        self.operation = operation
+        self.driver_code = driver_code

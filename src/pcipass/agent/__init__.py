@@ -1,0 +1,1 @@
+"""The host agent: discover, report, keep the report current."""

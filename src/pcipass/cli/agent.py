@@ -1,0 +1,93 @@
+"""``pcipass agent``: wire options, configuration and discovery into the reporting loop."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pcipass.agent.loop import Agent, stop_on_signals
+from pcipass.agent.policy import poll_period
+from pcipass.agent.state import state_path
+from pcipass.cli.client import ApiClient
+from pcipass.cli.common import EXIT_ERROR, EXIT_USAGE, fail, reported
+from pcipass.cli.discover import ConfigOpt, DeviceSpecOpt, SysfsRootOpt, discover_inventory
+from pcipass.cli.specs import load_specs, spec_texts
+from pcipass.config import load_settings
+from pcipass.host.pciids import PciIds
+from pcipass.pci.inventory import valid_host_name
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr, force=True)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
+
+
+def agent_command(
+    server: Annotated[str | None, typer.Option(
+        "--server", help="Control plane URL (\\[agent] server).", show_default=False)] = None,
+    token: Annotated[str | None, typer.Option(
+        "--token", help="This host's agent token (\\[agent] token).", show_default=False)] = None,
+    host_name: Annotated[str | None, typer.Option(
+        "--host-name", help="Name to report as (default: the machine's hostname).",
+        show_default=False)] = None,
+    sysfs_root: SysfsRootOpt = None,
+    device_spec: DeviceSpecOpt = None,
+    interval: Annotated[float | None, typer.Option(
+        "--interval", min=0.1, help="Seconds between reports when nothing changes "
+        "(default 60).", show_default=False)] = None,
+    poll: Annotated[float | None, typer.Option(
+        "--poll", min=0.05, help="Seconds between re-discoveries "
+        "(default: the interval, at most 5).", show_default=False)] = None,
+    state_dir: Annotated[Path | None, typer.Option(
+        "--state-dir", help="Where the last generation is kept "
+        "(PCIPASS_STATE_DIR, default ~/.local/state/pcipass).", show_default=False)] = None,
+    once: Annotated[bool, typer.Option(
+        "--once", help="Report once and exit (1 when the report was not accepted).")] = False,
+    config: ConfigOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    """Report this host's PCI inventory to the control plane, and keep it current."""
+    with reported(EXIT_USAGE):
+        settings = load_settings(config)
+        specs = load_specs(spec_texts(device_spec or [], settings.pci.device_spec))
+    a = settings.agent
+    url = server or a.server
+    secret = token or a.token
+    name = host_name or a.host_name or socket.gethostname()
+    if not url:
+        fail("no server: give --server or [agent] server", EXIT_USAGE)
+    if not secret:
+        fail("no token: give --token or [agent] token", EXIT_USAGE)
+    if not valid_host_name(name):
+        fail(f"host name {name!r} is not valid (letters, digits, '.', '_', '-')", EXIT_USAGE)
+    root = sysfs_root if sysfs_root is not None else a.sysfs_root
+    every = interval if interval is not None else a.interval
+    directory = state_dir if state_dir is not None else a.state_dir
+
+    setup_logging(logging.DEBUG if verbose else logging.INFO)
+    pci_ids = PciIds.load()
+    with ApiClient(url, secret) as client:
+        agent = Agent(
+            client=client, host=name,
+            discover=lambda: discover_inventory(root, specs, pci_ids=pci_ids, hostname=name),
+            state_file=state_path(directory, name),
+            interval=every, poll=poll if poll is not None else poll_period(every),
+        )
+        if once:
+            with reported():
+                ok = agent.run_once()
+            if not ok:
+                raise typer.Exit(EXIT_ERROR)
+            return
+        logging.getLogger("pcipass.agent").info(
+            "agent for %s reporting to %s every %.0fs (re-discovery every %.1fs)",
+            name, url, agent.interval, agent.poll)
+        with stop_on_signals(agent.stop):
+            agent.run()

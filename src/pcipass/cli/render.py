@@ -1,0 +1,227 @@
+"""Rich tables for people; ``--json`` bypasses all of this.
+
+Each function takes plain values (an :class:`Inventory`, records) and returns a renderable,
+so what a table shows is decided in one place and printing stays in the commands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from pcipass.pci.device import PciDevice
+from pcipass.pci.inventory import Inventory
+from pcipass.records import DeviceRecord, DeviceState, HostRecord, PoolRecord
+
+_DEV_TYPE_SHORT = {"type-PCI": "PCI", "type-PF": "PF", "type-VF": "VF"}
+
+_STATE_STYLE = {
+    DeviceState.AVAILABLE: "green",
+    DeviceState.CLAIMED: "yellow",
+    DeviceState.ALLOCATED: "cyan",
+    DeviceState.UNAVAILABLE: "dim",
+    DeviceState.REMOVED: "red",
+    DeviceState.RESERVED: "magenta",
+}
+
+
+def _opt(value: object) -> str:
+    return "-" if value is None or value == "" else str(value)
+
+
+def tags_text(tags: Mapping[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(tags.items())) or "-"
+
+
+def dev_type_text(dev_type: str) -> str:
+    return _DEV_TYPE_SHORT.get(dev_type, dev_type)
+
+
+def ids_text(vendor_id: str, product_id: str) -> str:
+    return f"{vendor_id}:{product_id}"
+
+
+def _cpus_text(cpus: Sequence[int]) -> str:
+    """``0-3,8-11``: the kernel's cpulist form."""
+    out: list[str] = []
+    ordered = sorted(cpus)
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        out.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
+        i = j + 1
+    return ",".join(out) or "-"
+
+
+# --- discovery ------------------------------------------------------------------------------
+
+def inventory_view(inv: Inventory) -> RenderableType:
+    host = inv.host
+    nodes = ", ".join(f"node{n.id}: cpus {_cpus_text(n.cpus)}, {n.memory_mb} MiB"
+                      for n in host.numa_nodes) or "none reported"
+    assignable = sum(1 for d in inv.devices if d.assignable)
+    summary = Text(
+        f"host {_opt(host.hostname)}: {host.cpus} CPUs, {host.memory_mb} MiB, NUMA {nodes}; "
+        f"{len(inv.devices)} PCI functions, {assignable} assignable"
+    )
+    table = Table(title="PCI devices", title_justify="left", show_lines=False)
+    for name in ("address", "ids", "type", "parent", "NUMA", "group", "driver", "netdevs",
+                 "name", "assignable", "tags"):
+        table.add_column(name, overflow="fold", no_wrap=name in ("address", "ids"))
+    for d in inv.devices:
+        table.add_row(
+            str(d.address), ids_text(d.vendor_id, d.product_id), dev_type_text(d.dev_type.value),
+            _opt(d.parent_addr), _opt(d.numa_node), _opt(d.iommu_group), _opt(d.driver),
+            ",".join(d.devnames) or "-", _opt(d.name),
+            Text("yes", style="green") if d.assignable else Text("no", style="dim"),
+            tags_text(d.tags),
+        )
+    parts: list[RenderableType] = [summary, table]
+    warnings = _warnings(inv.devices)
+    if warnings:
+        parts.append(warnings)
+    return Group(*parts)
+
+
+def _warnings(devices: Iterable[PciDevice]) -> Text | None:
+    lines = [f"  {d.address}: {w}" for d in devices for w in d.warnings]
+    if not lines:
+        return None
+    text = Text("warnings:\n", style="yellow")
+    text.append("\n".join(lines))
+    return text
+
+
+# --- control plane -----------------------------------------------------------------------
+
+def _counts_text(counts: Mapping[str, int]) -> str:
+    parts = [f"{state}={n}" for state, n in sorted(counts.items()) if state != "total" and n]
+    return ", ".join(parts) or "-"
+
+
+def hosts_table(hosts: Sequence[HostRecord], *, title: str = "Hosts") -> Table:
+    table = Table(title=title, title_justify="left")
+    for name in ("host", "generation", "CPUs", "memory MiB", "NUMA", "devices", "by state",
+                 "last report"):
+        table.add_column(name, overflow="fold", no_wrap=name == "host")
+    for h in hosts:
+        table.add_row(
+            h.name, str(h.generation), str(h.info.cpus), str(h.info.memory_mb),
+            str(len(h.info.numa_nodes)), str(h.device_counts.get("total", 0)),
+            _counts_text(h.device_counts),
+            h.last_report_at.isoformat(timespec="seconds") if h.last_report_at else "never",
+        )
+    return table
+
+
+def host_view(h: HostRecord) -> RenderableType:
+    table = _kv_table(f"Host {h.name}", [
+        ("generation", str(h.generation)),
+        ("CPUs", str(h.info.cpus)),
+        ("memory MiB", str(h.info.memory_mb)),
+        ("last report", h.last_report_at.isoformat() if h.last_report_at else "never"),
+        ("devices", str(h.device_counts.get("total", 0))),
+        ("by state", _counts_text(h.device_counts)),
+    ])
+    nodes = Table(title="NUMA nodes", title_justify="left")
+    for name in ("node", "CPUs", "memory MiB"):
+        nodes.add_column(name)
+    for n in h.info.numa_nodes:
+        nodes.add_row(str(n.id), _cpus_text(n.cpus), str(n.memory_mb))
+    return Group(table, nodes)
+
+
+def devices_table(records: Sequence[DeviceRecord], *, title: str = "Devices") -> Table:
+    table = Table(title=title, title_justify="left")
+    for name in ("host", "address", "ids", "type", "parent", "NUMA", "group", "driver", "state",
+                 "owner", "tags", "name"):
+        table.add_column(name, overflow="fold", no_wrap=name in ("host", "address", "ids"))
+    for r in records:
+        d = r.device
+        state = Text(r.state.value, style=_STATE_STYLE.get(r.state, ""))
+        if r.reserved and r.state is not DeviceState.RESERVED:
+            state.append(" (reserved)", style="magenta")
+        table.add_row(
+            r.host, str(d.address), ids_text(d.vendor_id, d.product_id),
+            dev_type_text(d.dev_type.value), _opt(d.parent_addr), _opt(d.numa_node),
+            _opt(d.iommu_group), _opt(d.driver), state, _opt(r.owner), tags_text(d.tags),
+            _opt(d.name),
+        )
+    return table
+
+
+def device_view(r: DeviceRecord) -> RenderableType:
+    d = r.device
+    rows = [
+        ("host", r.host),
+        ("address", str(d.address)),
+        ("name", _opt(d.name)),
+        ("vendor:product", ids_text(d.vendor_id, d.product_id)),
+        ("subsystem", ids_text(d.subsystem_vendor_id or "-", d.subsystem_product_id or "-")),
+        ("class", d.class_code),
+        ("type", d.dev_type.value),
+        ("parent", _opt(d.parent_addr)),
+        ("VF index", _opt(d.vf_index)),
+        ("VFs", f"{d.num_vfs}/{d.total_vfs}" if d.total_vfs is not None else "-"),
+        ("NUMA node", _opt(d.numa_node)),
+        ("IOMMU group", _opt(d.iommu_group)),
+        ("group members", ", ".join(str(a) for a in d.iommu_group_members) or "-"),
+        ("driver", _opt(d.driver)),
+        ("netdevs", ", ".join(f"{n.name} ({n.mac})" if n.mac else n.name
+                              for n in d.netdevs) or "-"),
+        ("assignable", "yes" if d.assignable else "no"),
+        ("tags", tags_text(d.tags)),
+        ("state", r.state.value),
+        ("reserved", "yes" if r.reserved else "no"),
+        ("owner", _opt(r.owner)),
+        ("reason", _opt(r.reason)),
+        ("warnings", "; ".join(d.warnings) or "-"),
+    ]
+    return _kv_table(f"Device {r.host} {d.address}", rows)
+
+
+def pools_table(pools: Sequence[PoolRecord], *, title: str = "Pools",
+                name_of: Callable[[str, str], str | None] | None = None) -> Table:
+    """``name_of`` (e.g. ``PciIds.name``) adds a column naming each pool's device."""
+    table = Table(title=title, title_justify="left")
+    columns = ["host", "ids", *(["device"] if name_of else []), "type", "NUMA", "parent",
+               "tags", "free", "total"]
+    for name in columns:
+        table.add_column(name, overflow="fold", no_wrap=name in ("host", "ids"),
+                         justify="right" if name in ("free", "total") else "left")
+    for p in pools:
+        device = [_opt(name_of(p.vendor_id, p.product_id))] if name_of else []
+        table.add_row(
+            p.host, ids_text(p.vendor_id, p.product_id), *device,
+            dev_type_text(p.dev_type.value), _opt(p.numa_node), _opt(p.parent_addr),
+            tags_text(p.tags),
+            Text(str(p.free), style="green" if p.free else "red"), str(p.total),
+        )
+    return table
+
+
+def token_view(obj: Mapping[str, Any]) -> RenderableType:
+    table = _kv_table("Token created", [
+        ("id", _opt(obj.get("id"))),
+        ("role", _opt(obj.get("role"))),
+        ("project", _opt(obj.get("project"))),
+        ("host", _opt(obj.get("host"))),
+    ])
+    note = Text("Store this token now: it is not shown again.\n", style="yellow")
+    token = Text(str(obj.get("token")), style="bold")
+    return Group(table, note, token)
+
+
+def _kv_table(title: str, rows: Iterable[tuple[str, str]]) -> Table:
+    table = Table(title=title, title_justify="left", show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value", overflow="fold")
+    for k, v in rows:
+        table.add_row(k, v)
+    return table

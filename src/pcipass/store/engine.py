@@ -1,0 +1,97 @@
+"""Engines and transactions: the one place that knows SQLite from PostgreSQL.
+
+Write transactions on SQLite start with ``BEGIN IMMEDIATE``: the write lock is taken before
+the first read, so two writers queue on the busy timeout instead of both reading and then
+failing to upgrade (``SQLITE_BUSY``, which no timeout helps). WAL lets readers run beside
+the one writer. PostgreSQL runs READ COMMITTED and writers serialise per host on the host row.
+Database errors leave here as :class:`pcipass.errors.InfrastructureError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.pool import StaticPool
+
+from pcipass.errors import InfrastructureError, InvalidConfig, PcipassError
+
+BUSY_TIMEOUT_S = 30.0
+_WRITE = "pcipass_write"
+
+
+def _sqlite_setup(engine: Engine, *, memory: bool) -> None:
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        # Take BEGIN away from the driver: the "begin" hook below emits our own.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        try:
+            if not memory:
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+            cur.execute("PRAGMA foreign_keys=ON")
+        finally:
+            cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get(_WRITE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite files get WAL, a busy timeout and IMMEDIATE writes."""
+    try:
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite":
+            memory = parsed.database in (None, "", ":memory:")
+            kw: dict[str, Any] = {"connect_args": {"check_same_thread": False,
+                                                   "timeout": BUSY_TIMEOUT_S}}
+            if memory:
+                kw["poolclass"] = StaticPool
+            engine = create_engine(parsed, **kw)
+            _sqlite_setup(engine, memory=memory)
+            return engine
+        return create_engine(parsed, pool_pre_ping=True)
+    except (ArgumentError, NoSuchModuleError, ValueError) as exc:
+        raise InvalidConfig(f"database URL {url!r} is not usable: {exc}",
+                            field="database_url") from None
+
+
+def infrastructure(exc: SQLAlchemyError) -> InfrastructureError:
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    return InfrastructureError(f"database error: {type(orig).__name__}: {orig}".strip())
+
+
+class Transactions:
+    """Read and write transactions over one engine, with errors translated."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._writer = engine.execution_options(**{_WRITE: True})
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self._translate(), self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """One write transaction: committed when the block ends, rolled back if it raises."""
+        with self._translate(), self._writer.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _translate(self) -> Iterator[None]:
+        try:
+            yield
+        except PcipassError:
+            raise
+        except SQLAlchemyError as exc:
+            raise infrastructure(exc) from exc

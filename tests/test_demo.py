@@ -1,0 +1,117 @@
+"""`pcipass demo`: the whole path (server, simulated hosts, agents, API) in one command."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pcipass.demo import notable_facts
+from pcipass.host.profiles import PROFILES
+from pcipass.pci.address import PciAddress
+from pcipass.pci.device import DevType, PciDevice
+from pcipass.records import DeviceRecord, DeviceState
+
+DEMO = [sys.executable, "-c", "from pcipass.cli.main import main; main()", "demo"]
+
+
+def demo_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PCIPASS_")}
+    env["COLUMNS"] = "250"
+    return env
+
+
+def run_demo(*args: str) -> tuple[str, float]:
+    started = time.monotonic()
+    done = subprocess.run([*DEMO, "--once", *args], capture_output=True, text=True,
+                          timeout=120, env=demo_env(), check=False)
+    elapsed = time.monotonic() - started
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout, elapsed
+
+
+def section(out: str, title: str) -> str:
+    """The lines of the table titled ``title`` (up to the next blank-titled rule)."""
+    start = out.index(title)
+    end = out.find("└", start)
+    return out[start:end]
+
+
+def test_demo_once_shows_every_profile_hosts_and_pools() -> None:
+    out, elapsed = run_demo()
+    assert elapsed < 60
+    hosts = section(out, "Hosts (GET /v1/hosts)")
+    pools = section(out, "Pools (GET /v1/pools)")
+    for profile in PROFILES:
+        assert f"{profile}-1" in hosts
+        assert f"{profile}-1" in pools  # every profile offers something
+    assert "A100" in pools and "physical_network=physnet1" in pools
+    assert re.search(r"IOMMU group \d+ holds GPU .* audio function", out)
+    assert "Intel VMD" in out and "no IOMMU group" in out
+    assert re.search(r"sriov-nic-server-1: 16 VFs on physnet1", out)
+    assert "4 agents reported" in out
+
+
+def test_demo_builds_several_hosts_per_profile() -> None:
+    out, _ = run_demo("--hosts-per-profile", "2")
+    hosts = section(out, "Hosts (GET /v1/hosts)")
+    for profile in PROFILES:
+        assert f"{profile}-1" in hosts and f"{profile}-2" in hosts
+    assert "8 agents reported" in out
+
+
+def test_demo_keeps_serving_until_interrupted() -> None:
+    with subprocess.Popen(DEMO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=demo_env()) as proc:
+        lines: list[str] = []
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.append(line)
+                if "Ctrl-C stops everything" in line:
+                    break
+            text = "".join(lines)
+            assert "admin token:" in text and "PCIPASS_URL=http://127.0.0.1:" in text
+            workdir = re.search(r"trees are under (\S+)/hosts", text)
+            assert workdir is not None
+            assert Path(workdir[1]).is_dir()
+            proc.send_signal(signal.SIGINT)
+            rest, _ = proc.communicate(timeout=30)
+            assert proc.returncode == 0, text + rest
+            assert "stopping" in rest
+            assert not Path(workdir[1]).exists()  # cleaned up, server stopped with it
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def record(host: str, addr: str, class_code: str, *, group: int | None,
+           dev_type: DevType = DevType.PCI, tags: dict[str, str] | None = None,
+           parent: str | None = None, assignable: bool = True) -> DeviceRecord:
+    return DeviceRecord(host, PciDevice(
+        PciAddress.parse(addr), "10de", "2230", class_code, dev_type=dev_type,
+        iommu_group=group, tags=tags or {}, assignable=assignable,
+        parent_addr=PciAddress.parse(parent) if parent else None,
+    ), DeviceState.AVAILABLE)
+
+
+def test_notable_facts() -> None:
+    facts = notable_facts([
+        record("h1", "0000:4b:00.0", "030000", group=7),
+        record("h1", "0000:4b:00.1", "040300", group=7),
+        record("h1", "0000:17:00.0", "030200", group=8),  # a GPU alone: nothing to say
+        record("h2", "10000:00:02.0", "060400", group=None),  # a bridge: not worth a line
+        record("h2", "10000:01:00.0", "010802", group=None),
+        *(record("h3", f"0000:3b:01.{i}", "020000", group=20 + i, dev_type=DevType.VF,
+                 tags={"physical_network": "physnet1"}, parent="0000:3b:00.0")
+          for i in range(3)),
+    ], lambda v, p: None)
+    assert len(facts) == 3
+    assert "h1: IOMMU group 7 holds GPU 0000:4b:00.0" in facts[0] and "0000:4b:00.1" in facts[0]
+    assert facts[1].startswith("h2: 10000:01:00.0 sit") and "10000:00:02.0" not in facts[1]
+    assert facts[2] == "h3: 3 VFs on physnet1 (3 available)"
+    assert notable_facts([], lambda v, p: None) == ["nothing unusual"]

@@ -102,3 +102,79 @@ class PoolRecord:
     tags: dict[str, str]
     total: int
     free: int
+
+
+# --- issue 3: aliases, flavors, images, servers, quotas, usage ------------------------------
+
+class ServerStatus(StrEnum):
+    BUILDING = "BUILDING"
+    ACTIVE = "ACTIVE"
+    ERROR = "ERROR"
+    DELETING = "DELETING"
+    DELETED = "DELETED"
+
+
+@dataclass(frozen=True, slots=True)
+class FlavorRecord:
+    id: str
+    name: str
+    vcpus: int
+    ram_mb: int
+    disk_gb: int
+    extra_specs: dict[str, str]
+    is_public: bool = True
+    projects: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRecord:
+    id: str
+    name: str
+    source: str
+    properties: dict[str, str]
+    project: str | None = None  # None: public (made by an admin)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerDevice:
+    """A device a server holds: ``alias`` is None for a rider (a group mate handed out with it)."""
+
+    address: PciAddress
+    alias: str | None
+    state: DeviceState
+    vendor_id: str
+    product_id: str
+    dev_type: DevType
+    numa_node: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerRecord:
+    id: str
+    name: str
+    project: str
+    status: ServerStatus
+    flavor: str
+    image: str
+    host: str | None
+    devices: tuple[ServerDevice, ...]
+    not_granted: tuple[str, ...]  # soft requests that no host could grant, e.g. "fpga:1"
+    fault: str | None
+    numa_cells: tuple[int, ...]  # host NUMA nodes the guest's cells were placed on
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaRecord:
+    project: str
+    alias: str
+    limit: int
+    used: int
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    project: str
+    alias: str
+    device_seconds: float

@@ -9,6 +9,8 @@ Database errors leave here as :class:`pcipass.errors.InfrastructureError`.
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -24,6 +26,24 @@ BUSY_TIMEOUT_S = 30.0
 _WRITE = "pcipass_write"
 
 
+def _wal(cur: Any) -> None:
+    """Switch a database file to WAL once (the mode sticks to the file).
+
+    The switch needs the file to itself and SQLite answers "locked" at once, without the busy
+    timeout, when several processes open a new database together: retry until the timeout.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            if cur.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 def _sqlite_setup(engine: Engine, *, memory: bool) -> None:
     @event.listens_for(engine, "connect")
     def _connect(dbapi_conn: Any, _record: Any) -> None:
@@ -31,11 +51,11 @@ def _sqlite_setup(engine: Engine, *, memory: bool) -> None:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         try:
-            if not memory:
-                cur.execute("PRAGMA journal_mode=WAL")
-                cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
             cur.execute("PRAGMA foreign_keys=ON")
+            if not memory:
+                _wal(cur)
+                cur.execute("PRAGMA synchronous=NORMAL")
         finally:
             cur.close()
 

@@ -371,6 +371,17 @@ def test_netdev_without_ethernet_mac(tree: SysfsTree) -> None:
     assert [(n.name, n.mac) for n in dev.netdevs] == [("ib0", None), ("ib1", None)]
 
 
+def test_virtio_net_interface_one_level_down(tree: SysfsTree) -> None:
+    """virtio-net hangs its netdev under virtioN/net, not net/ (regression: seen on a VM)."""
+    path = tree.add_device(nic("0000:00:03.0", vendor_id="1af4", product_id="1041"))
+    (path / "virtio0" / "net" / "eth0").mkdir(parents=True)
+    (path / "virtio0" / "net" / "eth0" / "address").write_text("02:fc:00:00:00:01\n")
+    (path / "virtio1").mkdir()  # a virtio device with no interface is not a warning
+    dev = one(run(tree), "0000:00:03.0")
+    assert [(n.name, n.mac) for n in dev.netdevs] == [("eth0", "02:fc:00:00:00:01")]
+    assert dev.warnings == ()
+
+
 def test_hotplug_and_unplug_seen_on_rediscovery(tree: SysfsTree) -> None:
     tree.add_device(nic("0000:16:02.0", product_id="347a", class_code="060400"))
     tree.add_device(nic("0000:04:00.0"))

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _VIRTFN = re.compile(r"^virtfn(\d+)$")
+_VIRTIO = re.compile(r"^virtio\d+$")
 _NODE = re.compile(r"^node(\d+)$")
 _CPU = re.compile(r"^cpu(\d+)$")
 _HEXDIGITS = frozenset("0123456789abcdef")
@@ -239,7 +240,11 @@ def _read_open_device(d: _DeviceDir, addr: PciAddress) -> _Raw | None:
             d.warnings.append(f"iommu_group: link target {group!r} is not a group number")
     raw.driver = d.link("driver")
     if "net" in d.entries:
-        raw.netdevs = _read_netdevs(d)
+        raw.netdevs = _read_netdevs(d, "net")
+    # virtio-net puts its interface one level down, under the virtio bus device.
+    for name in sorted(d.entries):
+        if _VIRTIO.match(name):
+            raw.netdevs += _read_netdevs(d, f"{name}/net", missing_ok=True)
     return raw
 
 
@@ -251,11 +256,16 @@ def _count(d: _DeviceDir, name: str) -> int | None:
     return value
 
 
-def _read_netdevs(d: _DeviceDir) -> list[NetDev]:
+def _read_netdevs(d: _DeviceDir, where: str, *, missing_ok: bool = False) -> list[NetDev]:
     try:
-        net_fd = os.open("net", _DIR_FLAGS, dir_fd=d.fd)
+        net_fd = os.open(where, _DIR_FLAGS, dir_fd=d.fd)
+    except FileNotFoundError:
+        if missing_ok:
+            return []
+        d.warnings.append(f"{where}: cannot read (No such file or directory)")
+        return []
     except OSError as exc:
-        d.warnings.append(f"net: cannot read ({exc.strerror or exc})")
+        d.warnings.append(f"{where}: cannot read ({exc.strerror or exc})")
         return []
     try:
         names = sorted(os.listdir(net_fd))
@@ -267,7 +277,7 @@ def _read_netdevs(d: _DeviceDir) -> list[NetDev]:
             except FileNotFoundError:
                 text = ""
             except OSError as exc:
-                d.warnings.append(f"net/{ifname}/address: cannot read ({exc.strerror or exc})")
+                d.warnings.append(f"{where}/{ifname}/address: cannot read ({exc.strerror or exc})")
                 text = ""
             # InfiniBand and other non-Ethernet link layers have longer addresses: no MAC.
             if _MAC.match(text):

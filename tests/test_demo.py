@@ -10,7 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-from pcipass.demo import notable_facts
+import pytest
+
+from pcipass.demo import SCENARIO, notable_facts
 from pcipass.host.profiles import PROFILES
 from pcipass.pci.address import PciAddress
 from pcipass.pci.device import DevType, PciDevice
@@ -34,16 +36,22 @@ def run_demo(*args: str) -> tuple[str, float]:
     return done.stdout, elapsed
 
 
-def section(out: str, title: str) -> str:
-    """The lines of the table titled ``title`` (up to the next blank-titled rule)."""
-    start = out.index(title)
+def section(out: str, title: str, *, after: str | None = None) -> str:
+    """From ``title`` (the first after ``after``, if given) to the end of its table."""
+    start = out.index(title, out.index(after) if after else 0)
     end = out.find("└", start)
     return out[start:end]
 
 
-def test_demo_once_shows_every_profile_hosts_and_pools() -> None:
+@pytest.fixture(scope="module")
+def demo_once() -> str:
     out, elapsed = run_demo()
-    assert elapsed < 60
+    assert elapsed < 30, f"the demo took {elapsed:.1f}s"
+    return out
+
+
+def test_demo_once_shows_every_profile_hosts_and_pools(demo_once: str) -> None:
+    out = demo_once
     hosts = section(out, "Hosts (GET /v1/hosts)")
     pools = section(out, "Pools (GET /v1/pools)")
     for profile in PROFILES:
@@ -54,6 +62,43 @@ def test_demo_once_shows_every_profile_hosts_and_pools() -> None:
     assert "Intel VMD" in out and "no IOMMU group" in out
     assert re.search(r"sriov-nic-server-1: 16 VFs on physnet1", out)
     assert "4 agents reported" in out
+
+
+def test_demo_once_boots_refuses_explains_and_frees(demo_once: str) -> None:
+    out = demo_once
+    flat = " ".join(out.split())
+    for number, (title, _step) in enumerate(SCENARIO, start=1):
+        assert f"{number}. {title}" in out
+    # the catalog, with what it refuses
+    aliases = section(out, "PCI aliases (GET /v1/aliases)")
+    for name in ("a100", "a6000", "nvme-pm9a3", "nvme-p4510", "vf-physnet1"):
+        assert name in aliases
+    assert "alias vf-typo refused [invalid_alias]" in flat and "physical_netwrok" in flat
+    assert "flavor gpu.h100 refused [unknown_alias]" in flat and "h100" in flat
+    flavors = section(out, "Flavors (GET /v1/flavors)")
+    assert "gpu.large" in flavors and "private: render-farm" in flavors
+    assert "render.a6000" not in section(out, "member token issued")  # hidden from ml-team
+    # the boots: each one's outcome, refusals included
+    assert re.search(r"server train-1 is BUILDING on gpu-server-1: \S+ \(a100, claimed\), "
+                     r"\S+ \(a100, claimed\) \(NUMA-local", flat)
+    assert re.search(r"server infer-1 is BUILDING on gpu-server-1: \S+ \(a100, claimed\) "
+                     r"\(NUMA-local", flat)
+    assert re.search(r"infer-2 .* refused \[quota_exceeded\]: .*a100", flat)
+    assert re.search(r"db-1 .* refused \[alias_not_supported_by_image\]: .*nvme-pm9a3.*"
+                     r"ubuntu-22.04-cuda", flat)
+    assert "server db-2 is BUILDING on storage-server-1" in flat
+    assert "server edge-1 is BUILDING on sriov-nic-server-1" in flat
+    assert re.search(r"render-1 .* refused \[not_found\]", flat)
+    assert re.search(r"server big-1 is ERROR: .*a100", flat)
+    # the explanation, the servers and pools after, the delete
+    assert "does not fit:" in flat
+    assert "gpu-server-1" in section(out, "Hosts", after="does not fit")
+    servers = section(out, "Servers (GET /v1/servers)")
+    for name in ("train-1", "infer-1", "db-2", "edge-1", "big-1"):
+        assert name in servers
+    assert "Pools before booting" in out and "Pools after booting" in out
+    assert re.search(r"gpu-server-1 \S+ \(a100\): was claimed, now available", flat)
+    assert "unexpected" not in out and "differed from the scenario" not in out
 
 
 def test_demo_builds_several_hosts_per_profile() -> None:

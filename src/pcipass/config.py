@@ -15,6 +15,11 @@ or ``pcipass.sched`` imports this module. The environment wins over the file, ke
     device_spec = ['{"vendor_id": "10de"}']   # PCIPASS_PCI_DEVICE_SPEC (a JSON object or list)
     alias = ['{"name": "gpu", ...}']          # PCIPASS_PCI_ALIAS
 
+    [scheduler]                          # PCIPASS_SCHEDULER_<KEY>
+    weigher = "pack"                     # pack | spread: PCI boots onto the fullest hosts or not
+    max_attempts = 3                     # hosts a boot tries when claims lose races
+    candidates = 8                       # hosts the SQL narrowing hands the fit per decision
+
     [agent]                              # PCIPASS_AGENT_<KEY>
     server = "http://ctl:8774"
     token = "..."
@@ -72,6 +77,19 @@ class PciSettings:
     alias: tuple[str, ...] = ()
 
 
+WEIGHERS = ("pack", "spread")
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerSettings:
+    """How the scheduler ranks hosts and how hard it tries; ``weigher`` names a
+    :class:`pcipass.sched.weigh.WeighPolicy` (kept a string: config does not import sched)."""
+
+    weigher: str = "pack"
+    max_attempts: int = 3
+    candidates: int = 8
+
+
 @dataclass(frozen=True, slots=True)
 class AgentSettings:
     state_dir: Path
@@ -89,6 +107,7 @@ class Settings:
     pci: PciSettings
     agent: AgentSettings
     source: Path | None = None
+    scheduler: SchedulerSettings = SchedulerSettings()
 
 
 def default_state_dir(env: Mapping[str, str]) -> Path:
@@ -165,6 +184,14 @@ def _seconds(value: Any, key: str, from_env: bool) -> float:
     return float(value)
 
 
+def _weigher(value: Any, key: str, from_env: bool) -> str:
+    text = _str(value, key, from_env).strip().lower()
+    if text not in WEIGHERS:
+        raise InvalidConfig(f"{key} must be one of {', '.join(WEIGHERS)}, not {value!r}",
+                            field=key)
+    return text
+
+
 def _path(value: Any, key: str, from_env: bool) -> Path:
     return Path(_str(value, key, from_env)).expanduser()
 
@@ -220,6 +247,9 @@ _KEYS: dict[tuple[str, str], tuple[Coerce, str]] = {
     ("server", "workers"): (_int, "PCIPASS_WORKERS"),
     ("pci", "device_spec"): (_json_list, "PCIPASS_PCI_DEVICE_SPEC"),
     ("pci", "alias"): (_json_list, "PCIPASS_PCI_ALIAS"),
+    ("scheduler", "weigher"): (_weigher, "PCIPASS_SCHEDULER_WEIGHER"),
+    ("scheduler", "max_attempts"): (_int, "PCIPASS_SCHEDULER_MAX_ATTEMPTS"),
+    ("scheduler", "candidates"): (_int, "PCIPASS_SCHEDULER_CANDIDATES"),
     ("agent", "server"): (_optional_str, "PCIPASS_AGENT_SERVER"),
     ("agent", "token"): (_optional_str, "PCIPASS_AGENT_TOKEN"),
     ("agent", "host_name"): (_optional_str, "PCIPASS_AGENT_HOST_NAME"),
@@ -318,6 +348,11 @@ def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Se
             sysfs_root=get("agent", "sysfs_root", Path("/")),
         ),
         source=path,
+        scheduler=SchedulerSettings(
+            weigher=get("scheduler", "weigher", "pack"),
+            max_attempts=get("scheduler", "max_attempts", 3),
+            candidates=get("scheduler", "candidates", 8),
+        ),
     )
 
 
@@ -327,7 +362,7 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
     How ``serve`` hands its settings to uvicorn's worker processes, which start from an
     import string and cannot be given an object.
     """
-    s, a = settings.server, settings.agent
+    s, a, sc = settings.server, settings.agent, settings.scheduler
     values: dict[tuple[str, str], str | None] = {
         ("", "state_dir"): str(settings.state_dir),
         ("server", "db"): s.db,
@@ -336,6 +371,9 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
         ("server", "workers"): str(s.workers),
         ("pci", "device_spec"): json.dumps(list(settings.pci.device_spec)),
         ("pci", "alias"): json.dumps(list(settings.pci.alias)),
+        ("scheduler", "weigher"): sc.weigher,
+        ("scheduler", "max_attempts"): str(sc.max_attempts),
+        ("scheduler", "candidates"): str(sc.candidates),
         ("agent", "server"): a.server,
         ("agent", "token"): a.token,
         ("agent", "host_name"): a.host_name,

@@ -6,7 +6,11 @@ on SQLite in a temporary directory, each host is a sysfs tree written from a bun
 real agent code, in a thread, talking HTTP with its own agent token.
 
 The scenario is a list of named steps over one :class:`DemoRun`; later features add steps
-(boot a server, free it, ...) without touching the ones before.
+without touching the ones before. After the fleet reports, an operator defines aliases, flavors,
+images and a project's quota, and a tenant boots servers: some land on NUMA-local devices, some
+are refused (over quota, an image that cannot drive the device, a private flavor), one cannot be
+placed and says why. Booted servers stay BUILDING with their devices claimed until a host's
+agent runs their spawn task: that step slots in after :func:`boot_servers`.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.rule import Rule
 from rich.table import Table
 
@@ -36,15 +41,28 @@ from pcipass import errors
 from pcipass.agent.loop import Agent, stop_on_signals
 from pcipass.agent.state import state_path
 from pcipass.cli import render
-from pcipass.cli.client import ApiClient, device_record, host_record, pool_record
+from pcipass.cli.client import (
+    JSON,
+    ApiClient,
+    alias_record,
+    device_record,
+    flavor_record,
+    host_record,
+    image_record,
+    pool_record,
+    quota_record,
+    server_record,
+    usage_record,
+)
 from pcipass.cli.common import console as make_console
 from pcipass.cli.discover import discover_inventory
+from pcipass.cli.servers import placement_line
 from pcipass.cli.specs import SpecText, load_specs
 from pcipass.host.pciids import PciIds
-from pcipass.host.profiles import PROFILES, build_host, suggested_device_spec
+from pcipass.host.profiles import PROFILES, build_host, suggested_aliases, suggested_device_spec
 from pcipass.pci.device import DevType
 from pcipass.pci.devspec import DeviceSpecSet
-from pcipass.records import DeviceRecord
+from pcipass.records import DeviceRecord, PoolRecord
 
 SERVER_START_TIMEOUT_S = 60.0
 BRIDGE_CLASS = "0604"
@@ -77,9 +95,19 @@ class DemoRun:
     hosts: list[SimHost] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
     pci_ids: PciIds = field(default_factory=PciIds.load)
+    member_token: str = ""  # the tenant's: a member of TENANT
+    servers: dict[str, JSON] = field(default_factory=dict)  # booted, by name, as last seen
+    surprises: list[str] = field(default_factory=list)  # outcomes the scenario did not expect
 
     def admin(self) -> ApiClient:
         return ApiClient(self.url, self.admin_token)
+
+    def member(self) -> ApiClient:
+        return ApiClient(self.url, self.member_token)
+
+    def surprise(self, text: str) -> None:
+        self.surprises.append(text)
+        self.console.print(f"  [bold yellow]unexpected:[/] {escape(text)}", highlight=False)
 
 
 Step = Callable[[DemoRun], None]
@@ -223,7 +251,7 @@ def show_facts(run: DemoRun) -> None:
     with run.admin() as admin:
         records = [device_record(d) for d in admin.devices().items]
     for line in notable_facts(records, run.pci_ids.name):
-        run.console.print(f"- {line}", highlight=False)
+        run.console.print(f"- {escape(line)}", highlight=False)
 
 
 def notable_facts(records: Sequence[DeviceRecord],
@@ -272,6 +300,276 @@ def notable_facts(records: Sequence[DeviceRecord],
     return facts
 
 
+# --- the catalog: aliases, flavors, images, a tenant and its quota ---------------------------
+
+TENANT = "ml-team"  # the member project that boots
+OTHER_PROJECT = "render-farm"  # holds a private flavor the tenant must not see
+OPS_PROJECT = "ops"  # the admin boots here: no quota, to show a boot that cannot be placed
+TENANT_A100_QUOTA = 3
+
+VF_ALIAS: dict[str, object] = {  # beyond Nova: any VF tagged physnet1 by the device spec
+    "name": "vf-physnet1", "device_type": "type-VF", "match": {"physical_network": "physnet1"}}
+TYPO_ALIAS: dict[str, object] = {"name": "vf-typo", "device_type": "type-VF",
+                                 "physical_netwrok": "physnet1"}
+
+
+@dataclass(frozen=True, slots=True)
+class FlavorSpec:
+    name: str
+    vcpus: int
+    ram_mb: int
+    extra_specs: dict[str, str]
+    what: str
+    projects: tuple[str, ...] = ()  # a private flavor's projects
+
+    @property
+    def is_public(self) -> bool:
+        return not self.projects
+
+
+FLAVORS: tuple[FlavorSpec, ...] = (
+    FlavorSpec("gpu.small", 8, 32768, {
+        "pci_passthrough:alias": "a100:1", "hw:numa_nodes": "1",
+        "hw:pci_numa_affinity_policy": "required"}, "1 x A100 on the guest's NUMA node"),
+    FlavorSpec("gpu.large", 16, 65536, {
+        "pci_passthrough:alias": "a100:2", "hw:numa_nodes": "1",
+        "hw:pci_numa_affinity_policy": "required"}, "2 x A100, both on the guest's NUMA node"),
+    FlavorSpec("gpu.quad", 32, 131072, {
+        "pci_passthrough:alias": "a100:4", "hw:numa_nodes": "1",
+        "hw:pci_numa_affinity_policy": "required"},
+        "4 x A100 on one NUMA node: no host has that many on one node"),
+    FlavorSpec("nvme.1", 4, 8192, {"pci_passthrough:alias": "nvme-pm9a3:1"},
+               "1 x PM9A3 NVMe drive"),
+    FlavorSpec("net.vf", 2, 4096, {"pci_passthrough:alias": "vf-physnet1:1"},
+               "1 VF on physnet1"),
+    FlavorSpec("render.a6000", 8, 32768, {"pci_passthrough:alias": "a6000:1"},
+               f"1 x RTX A6000, private to {OTHER_PROJECT}", projects=(OTHER_PROJECT,)),
+)
+BAD_FLAVOR = FlavorSpec("gpu.h100", 8, 32768, {"pci_passthrough:alias": "h100:1"},
+                        "asks for an alias nobody defined")
+
+CUDA_IMAGE = "ubuntu-22.04-cuda"
+PLAIN_IMAGE = "debian-12"
+IMAGES: tuple[tuple[str, str, dict[str, str]], ...] = (
+    (CUDA_IMAGE, "/var/lib/pcipass/images/ubuntu-22.04-cuda.qcow2",
+     {"hw_pci_supported_aliases": "a100,a6000"}),
+    (PLAIN_IMAGE, "/var/lib/pcipass/images/debian-12.qcow2", {}),
+)
+
+
+def _refused(what: str, exc: errors.PcipassError) -> str:
+    """Markup: what was refused, the error's code and message (escaped)."""
+    return f"{escape(what)} [red]refused[/] {escape(f'[{exc.code}]: {exc.message}')}"
+
+
+def define_aliases(run: DemoRun) -> None:
+    """The profiles' suggested Nova aliases, one that only our ``match`` can say, one typo."""
+    entries: list[object] = [e for p in PROFILES for e in suggested_aliases(p)]
+    c = run.console
+    with run.admin() as admin:
+        made = admin.create_aliases([*entries, VF_ALIAS])
+        c.print(f"POST /v1/aliases with {len(entries) + 1} Nova alias entries: "
+                f"{', '.join(a['name'] for a in made)}", highlight=False)
+        try:
+            admin.create_aliases(TYPO_ALIAS)
+        except errors.InvalidInput as exc:
+            c.print("- " + _refused(f"alias {TYPO_ALIAS['name']}", exc), highlight=False)
+        else:
+            run.surprise(f"alias {TYPO_ALIAS['name']} with an unknown key was accepted")
+        listed = [alias_record(a) for a in admin.aliases().items]
+    c.print(render.aliases_table(listed, title="PCI aliases (GET /v1/aliases)"))
+
+
+def create_catalog(run: DemoRun) -> None:
+    """Flavors that ask for devices (Nova's extra specs), and images that say what they drive."""
+    c = run.console
+    with run.admin() as admin:
+        for f in FLAVORS:
+            admin.create_flavor(name=f.name, vcpus=f.vcpus, ram_mb=f.ram_mb, disk_gb=20,
+                                extra_specs=f.extra_specs, is_public=f.is_public,
+                                projects=f.projects)
+        try:
+            admin.create_flavor(name=BAD_FLAVOR.name, vcpus=BAD_FLAVOR.vcpus,
+                                ram_mb=BAD_FLAVOR.ram_mb, disk_gb=20,
+                                extra_specs=BAD_FLAVOR.extra_specs)
+        except errors.InvalidInput as exc:
+            c.print("- " + _refused(f"flavor {BAD_FLAVOR.name}", exc), highlight=False)
+        else:
+            run.surprise(f"flavor {BAD_FLAVOR.name} naming an unknown alias was accepted")
+        for name, source, props in IMAGES:
+            admin.create_image(name=name, source=source, properties=props)
+        flavors = [flavor_record(f) for f in admin.flavors().items]
+        images = [image_record(i) for i in admin.images().items]
+    c.print(render.flavors_table(flavors, title="Flavors (GET /v1/flavors)"))
+    c.print(render.images_table(images, title="Images (GET /v1/images)"))
+
+
+def tenant_and_quota(run: DemoRun) -> None:
+    """A member token for the tenant's project, and a quota on the devices it may hold."""
+    with run.admin() as admin:
+        run.member_token = str(admin.create_token("member", project=TENANT)["token"])
+        admin.set_quota(TENANT, "a100", TENANT_A100_QUOTA)
+    with run.member() as member:
+        visible = [f["name"] for f in member.flavors().items]
+        quotas = [quota_record(q) for q in member.quotas().items]
+    run.console.print(f"member token issued for project [bold]{TENANT}[/]; the flavors it "
+                      f"sees: {', '.join(visible)}", highlight=False)
+    run.console.print(render.quotas_table(quotas, title=f"{TENANT}'s quotas, as it sees them"))
+
+
+# --- booting -------------------------------------------------------------------------------
+
+PLACED = "placed"  # BUILDING (or further) on a host, devices claimed
+NOT_PLACED = "ERROR"  # accepted, but no host fits: ERROR with the scheduler's explanation
+
+
+@dataclass(frozen=True, slots=True)
+class Boot:
+    """One boot of the scenario, and what it should come to: PLACED, NOT_PLACED, or the code
+    of the error the API refuses it with."""
+
+    name: str
+    flavor: str
+    image: str
+    why: str
+    expect: str = PLACED
+    as_admin: bool = False  # in OPS_PROJECT; otherwise the tenant's member token
+
+
+BOOTS: tuple[Boot, ...] = (
+    Boot("big-1", "gpu.quad", CUDA_IMAGE, "4 x A100 on one NUMA node (the GPU server has 4, "
+         f"2 per node), as admin in project {OPS_PROJECT}", expect=NOT_PLACED, as_admin=True),
+    Boot("train-1", "gpu.large", CUDA_IMAGE, "2 x A100 on one NUMA node"),
+    Boot("infer-1", "gpu.small", CUDA_IMAGE, "1 x A100 local to the guest's NUMA node"),
+    Boot("infer-2", "gpu.small", CUDA_IMAGE,
+         f"a 4th A100 for {TENANT}, whose quota is {TENANT_A100_QUOTA}",
+         expect="quota_exceeded"),
+    Boot("db-1", "nvme.1", CUDA_IMAGE, f"an NVMe drive on {CUDA_IMAGE}, which only drives "
+         "a100 and a6000", expect="alias_not_supported_by_image"),
+    Boot("db-2", "nvme.1", PLAIN_IMAGE, "the same NVMe drive on an image that does not say"),
+    Boot("edge-1", "net.vf", PLAIN_IMAGE, "a VF on physnet1"),
+    Boot("render-1", "render.a6000", CUDA_IMAGE,
+         f"{OTHER_PROJECT}'s private flavor: {TENANT} cannot even see it", expect="not_found"),
+)
+
+
+def _numa_note(obj: JSON) -> str:
+    s = server_record(obj)
+    nodes = {d.numa_node for d in s.devices if d.alias is not None and d.numa_node is not None}
+    if not s.numa_cells or not nodes:
+        return ""
+    local = nodes <= set(s.numa_cells)
+    where = ",".join(str(n) for n in s.numa_cells)
+    return (f" [green](NUMA-local: guest on host node {where})[/]" if local
+            else f" [red](devices on nodes {','.join(map(str, sorted(nodes)))}, guest on "
+                 f"{where})[/]")
+
+
+def boot(run: DemoRun, case: Boot) -> str:
+    """Boot one server; print and return its outcome (PLACED, NOT_PLACED or an error code)."""
+    c = run.console
+    c.print(f"[bold]{case.name}[/] ({case.flavor} on {case.image}): {case.why}",
+            highlight=False)
+    client = run.admin() if case.as_admin else run.member()
+    try:
+        with client:
+            obj = client.create_server(name=case.name, flavor=case.flavor, image=case.image,
+                                       project=OPS_PROJECT if case.as_admin else None)
+    except errors.PcipassError as exc:
+        c.print(f"  {_refused(case.name, exc)}", highlight=False)
+        outcome = exc.code
+    else:
+        run.servers[case.name] = obj
+        outcome = NOT_PLACED if obj.get("status") == NOT_PLACED else PLACED
+        colour = "red" if outcome == NOT_PLACED else "green"
+        c.print(f"  [{colour}]{escape(placement_line(obj))}[/]{_numa_note(obj)}",
+                highlight=False)
+    if outcome != case.expect:
+        run.surprise(f"{case.name}: expected {case.expect}, got {outcome}")
+    return outcome
+
+
+def _boot_pools(run: DemoRun, admin: ApiClient, title: str) -> None:
+    """Pools of the hosts the boots draw on (GPU, storage and NIC hosts)."""
+    profiles = {"gpu-server", "storage-server", "sriov-nic-server"}
+    hosts = {h.name for h in run.hosts if h.profile in profiles}
+
+    def shown(p: PoolRecord) -> bool:  # what the flavors ask for: no PFs, physnet1's VFs
+        return p.host in hosts and p.dev_type is not DevType.PF and (
+            p.dev_type is not DevType.VF or p.tags.get("physical_network") == "physnet1")
+
+    pools = [p for p in (pool_record(obj) for obj in admin.pools().items) if shown(p)]
+    run.console.print(render.pools_table(pools, title=title, name_of=run.pci_ids.name))
+
+
+def boot_servers(run: DemoRun) -> None:
+    """The tenant (and once the admin) boots; refusals are answers too."""
+    with run.admin() as admin:
+        _boot_pools(run, admin, "Pools before booting")
+    for case in BOOTS:
+        boot(run, case)
+
+
+EXPLAINED: tuple[tuple[str, str], ...] = (("gpu.quad", CUDA_IMAGE), ("gpu.small", CUDA_IMAGE))
+
+
+def explain_boots(run: DemoRun) -> None:
+    """What the scheduler would do now, host by host, without booting (admin only)."""
+    with run.admin() as admin:
+        for flavor, image in EXPLAINED:
+            run.console.print(escape(f'POST /v1/scheduler/explain {{"flavor": "{flavor}", '
+                                     f'"image": "{image}"}}'), highlight=False)
+            run.console.print(render.explain_view(admin.explain(flavor=flavor, image=image)))
+
+
+def show_servers(run: DemoRun) -> None:
+    """Servers, the pools they drew from, and the tenant's quota now."""
+    with run.admin() as admin:
+        servers = [server_record(s) for s in admin.servers().items]
+        run.console.print(render.servers_table(servers, title="Servers (GET /v1/servers)"))
+        _boot_pools(run, admin, "Pools after booting")
+        quotas = [quota_record(q) for q in admin.quotas(project=TENANT).items]
+    run.console.print(render.quotas_table(quotas, title=f"Quotas of {TENANT}"))
+
+
+DELETED_SERVER = "infer-1"
+
+
+def delete_server(run: DemoRun) -> None:
+    """The tenant deletes a server: its devices are free again, its quota comes back."""
+    c = run.console
+    held = server_record(run.servers[DELETED_SERVER]) if DELETED_SERVER in run.servers else None
+    if held is None or held.host is None:
+        run.surprise(f"{DELETED_SERVER} was never placed, so there is nothing to delete")
+        return
+    with run.member() as member:
+        gone = member.delete_server(DELETED_SERVER)
+    c.print(escape(f"DELETE /v1/servers/{DELETED_SERVER}: {gone.get('status')}"),
+            highlight=False)
+    with run.admin() as admin:
+        for d in held.devices:
+            rec = device_record(admin.device(held.host, str(d.address)))
+            owner = f", owner {rec.owner}" if rec.owner else ""
+            c.print(escape(f"- {held.host} {d.address} ({d.alias or 'group mate'}): was "
+                           f"{d.state.value}, now ") + f"[bold]{rec.state.value}[/]"
+                    + escape(owner), highlight=False)
+            if rec.state.value != "available":
+                run.surprise(f"{d.address} is {rec.state.value} after {DELETED_SERVER} left")
+        quotas = [quota_record(q) for q in admin.quotas(project=TENANT).items]
+    c.print(render.quotas_table(quotas, title=f"Quotas of {TENANT} after the delete"))
+
+
+def show_usage(run: DemoRun) -> None:
+    """Metered device time per project and alias (counted from allocation to free)."""
+    with run.admin() as admin:
+        usage = [usage_record(u) for u in admin.usage().items]
+    if usage:
+        run.console.print(render.usage_table(usage, title="Usage (GET /v1/usage)"))
+    else:
+        run.console.print("no device time metered yet: devices count from allocation, "
+                          "when a host's agent has started the server")
+
+
 SCENARIO: tuple[tuple[str, Step], ...] = (
     ("Start the control plane", start_control_plane),
     ("Build simulated hosts", build_hosts),
@@ -279,6 +577,14 @@ SCENARIO: tuple[tuple[str, Step], ...] = (
     ("Run each host's agent", run_agents),
     ("What the fleet offers", show_fleet),
     ("What to know about it", show_facts),
+    ("Define PCI aliases", define_aliases),
+    ("Flavors and images", create_catalog),
+    ("A tenant and its quota", tenant_and_quota),
+    ("Boot servers", boot_servers),
+    ("Ask the scheduler without booting", explain_boots),
+    ("Servers and pools after booting", show_servers),
+    ("Delete a server", delete_server),
+    ("Usage", show_usage),
 )
 
 
@@ -298,7 +604,9 @@ def keep_serving(run: DemoRun) -> None:
         c.print(f"control plane: [bold]{run.url}[/]   admin token: [bold]{run.admin_token}[/]")
         c.print("try, in another terminal:")
         c.print(f"  export PCIPASS_URL={run.url} PCIPASS_TOKEN={run.admin_token}")
-        c.print("  pcipass device list --host gpu-server-1\n  pcipass pool list")
+        c.print("  pcipass device list --host gpu-server-1\n  pcipass pool list\n"
+                "  pcipass server list\n  pcipass server show train-1\n"
+                "  pcipass explain --flavor gpu.large")
         c.print(f"hosts' sysfs trees are under {run.workdir / 'hosts'}; agents re-discover "
                 f"every 2s and report every {LIVE_INTERVAL_S:.0f}s. Ctrl-C stops everything.")
         run.stop.wait()
@@ -310,7 +618,7 @@ def keep_serving(run: DemoRun) -> None:
 def run_demo(*, once: bool, hosts_per_profile: int = 1,
              steps: Sequence[tuple[str, Step]] = SCENARIO,
              console: Console | None = None) -> int:
-    """Run the scenario; 0 when every step succeeded."""
+    """Run the scenario; 0 when every step ran and every outcome was the expected one."""
     out = console or make_console()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     started = time.monotonic()
@@ -322,10 +630,15 @@ def run_demo(*, once: bool, hosts_per_profile: int = 1,
                 out.print(Rule(f"{number}. {title}", align="left"))
                 step(run)
             out.print(f"\ndemo finished in {time.monotonic() - started:.1f}s")
+            if run.surprises:
+                out.print(f"[bold yellow]{len(run.surprises)} outcome(s) differed from the "
+                          f"scenario:[/] {escape('; '.join(run.surprises))}", highlight=False)
+                _server_errors(run)
             if not once:
                 keep_serving(run)
         except errors.PcipassError as exc:
-            out.print(f"[bold red]demo failed:[/] {exc.message}", highlight=False)
+            out.print(f"[bold red]demo failed:[/] {escape(exc.message)}", highlight=False)
+            _server_errors(run)
             return 1
         except KeyboardInterrupt:
             return 130
@@ -335,4 +648,12 @@ def run_demo(*, once: bool, hosts_per_profile: int = 1,
                 if host.agent is not None:
                     host.agent.client.close()
             stop_control_plane(run)
-    return 0
+    return 1 if run.surprises else 0
+
+
+def _server_errors(run: DemoRun, most: int = 5) -> None:
+    """The control plane's own error lines (its log goes with the work dir)."""
+    lines = [line for line in _tail(run.server_log, 2000).splitlines()
+             if line.startswith("ERROR")]
+    for line in lines[-most:]:
+        run.console.print(f"  control plane: {escape(line)}", highlight=False)

@@ -5,19 +5,30 @@ Every error carries a stable ``code`` (append-only: never renamed or reused), a 
 any of them into ``{"code", "message", "field"}`` with the class's HTTP status.
 
     PcipassError
-    ├── InvalidInput                 400/422  bad input, nothing was changed
+    ├── InvalidInput                 400  bad input, nothing was changed
     │   ├── InvalidAddress           a PCI address does not parse
     │   ├── InvalidDeviceSpec        a [pci] device_spec entry is refused
-    │   ├── InvalidInventory         an inventory report fails validation (422)
-    │   └── InvalidConfig            the configuration file or environment is wrong
+    │   ├── InvalidInventory         422  an inventory report fails validation
+    │   ├── InvalidConfig            the configuration file or environment is wrong
+    │   ├── InvalidAlias             a [pci] alias entry is refused
+    │   └── InvalidPciRequest        a flavor's or image's PCI request is malformed
+    │       ├── UnknownAlias         it names an alias that does not exist
+    │       └── AliasNotSupportedByImage  the image cannot drive the alias
     ├── AuthError                    401  no token, or one that is not known
     ├── Forbidden                    403  the caller's role may not do this
+    │   └── QuotaExceeded            the project would hold more devices than allowed
     ├── NotFound                     404
     ├── Conflict                     409
-    │   └── GenerationConflict       a write raced another (stale generation)
-    └── InfrastructureError          500/503 a database, sysfs or libvirt failure
+    │   ├── GenerationConflict       a write raced another (stale generation)
+    │   └── ClaimConflict            another claim won the device first
+    └── InfrastructureError          503  a database, sysfs, libvirt or netlink failure
         ├── DiscoveryError           sysfs could not be read at all
-        └── ServerUnreachable        a client could not reach the control plane at all
+        ├── ServerUnreachable        the client got no HTTP answer
+        ├── VirtError                libvirt (or the fake driver) refused an operation
+        └── VfProgrammingError       the PF refused a VF setting
+
+Every class takes ``(message, field=, code=)``, so a client rebuilds any of them from an error
+body.
 """
 
 from __future__ import annotations
@@ -144,3 +155,39 @@ class VirtError(InfrastructureError):
         super().__init__(message, field=field, code=code)
         self.operation = operation
         self.driver_code = driver_code
+
+
+class QuotaExceeded(Forbidden):
+    """A boot would take a project over its device quota for an alias."""
+
+    code = "quota_exceeded"
+
+
+class ClaimConflict(Conflict):
+    """A claim lost a race: a chosen device was taken, or a counter moved, meanwhile.
+
+    The store rolls the claim back whole; the scheduler retries on the next candidate host.
+    """
+
+    code = "claim_conflict"
+
+
+class VfProgrammingError(InfrastructureError):
+    """Setting (or reading) an SR-IOV VF's configuration on its PF failed.
+
+    ``pf`` and ``vf_index`` name the VF, ``attribute`` what was being set (``mac``, ``vlan``,
+    ``spoofchk``, ``trust``, ``link_state``, ``rate``; None for a read), ``errno`` the kernel's
+    answer where there is one. The message says all of it in words, so a spawn's fault names
+    the PF and what its driver refused.
+    """
+
+    code = "vf_programming_failed"
+
+    def __init__(self, message: str, *, pf: str | None = None, vf_index: int | None = None,
+                 attribute: str | None = None, errno: int | None = None,
+                 field: str | None = None, code: str | None = None) -> None:
+        super().__init__(message, field=field, code=code)
+        self.pf = pf
+        self.vf_index = vf_index
+        self.attribute = attribute
+        self.errno = errno

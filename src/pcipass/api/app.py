@@ -1,4 +1,5 @@
-"""The FastAPI application: routers under ``/v1``, error mapping, the store on ``app.state``.
+"""The FastAPI application: routers under ``/v1``, error mapping, the store and the
+:class:`~pcipass.services.Cloud` built on it on ``app.state``.
 
 All state lives in the database, so any number of uvicorn workers can serve the same app.
 """
@@ -14,16 +15,30 @@ from fastapi.openapi.utils import get_openapi
 
 import pcipass
 from pcipass.api.errors import install_error_handlers
-from pcipass.api.routes import devices, health, hosts, pools, tokens
+from pcipass.api.routes import (
+    aliases,
+    devices,
+    flavors,
+    health,
+    hosts,
+    images,
+    pools,
+    quotas,
+    scheduler,
+    servers,
+    tokens,
+    usage,
+)
 from pcipass.api.schemas import ErrorOut, InventoryReport
 from pcipass.config import Settings
+from pcipass.services import Cloud
 from pcipass.store import Store
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorOut, "description": text}
     for status, text in ((401, "No token, or an unknown one"),
                          (403, "The token's role may not do this"),
-                         (404, "No such host or device"),
+                         (404, "No such resource, or not one the caller may see"),
                          (422, "Invalid input; `field` names it"))
 }
 
@@ -47,9 +62,11 @@ def create_app(settings: Settings, store: Store, *, close_store: bool = False) -
     )
     app.state.settings = settings
     app.state.store = store
+    app.state.cloud = Cloud(store, settings)
     install_error_handlers(app)
     app.include_router(health.router, prefix="/v1")
-    for module in (tokens, hosts, devices, pools):
+    for module in (tokens, hosts, devices, pools, aliases, flavors, images, servers, scheduler,
+                   quotas, usage):
         app.include_router(module.router, prefix="/v1", responses=_ERRORS)
 
     def openapi() -> dict[str, Any]:

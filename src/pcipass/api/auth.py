@@ -4,8 +4,13 @@ A token travels only in ``Authorization: Bearer <token>``; the store looks it up
 SHA-256 hash, so the plaintext is never stored or compared. Roles:
 
 - ``admin``: everything;
-- ``member``: bound to a project; no access to hosts, devices or pools yet;
+- ``member``: bound to a project; no access to hosts, devices or pools yet; reads aliases,
+  the flavors and images it may use, and its project's servers, quotas and usage; boots;
 - ``agent``: bound to one host; may report and read that host only.
+
+Which flavor, image or server a member may see is the :class:`~pcipass.services.Cloud`'s
+call (a private one of another project is "not found", not "forbidden"); the roles a route
+admits at all are checked here, before its body is read.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from pcipass.errors import AuthError, Forbidden
 from pcipass.records import Principal, Role
+from pcipass.services import Cloud
 from pcipass.store import Store
 
 MAX_TOKEN_LEN = 512
@@ -32,6 +38,14 @@ def get_store(request: Request) -> Store:
 
 
 StoreDep = Annotated[Store, Depends(get_store)]
+
+
+def get_cloud(request: Request) -> Cloud:
+    cloud: Cloud = request.app.state.cloud
+    return cloud
+
+
+CloudDep = Annotated[Cloud, Depends(get_cloud)]
 
 
 def bearer_token(header: str | None) -> str:
@@ -93,6 +107,17 @@ def _admin(caller: Caller) -> Principal:
     return caller
 
 
+def require_user(caller: Principal) -> None:
+    """Tenants' routes (flavors, images, servers, quotas, usage) are for admins and members."""
+    if caller.role is Role.AGENT:
+        raise Forbidden("an agent token may only report and read its own host")
+
+
+def _user(caller: Caller) -> Principal:
+    require_user(caller)
+    return caller
+
+
 def _host_caller(host: str, caller: Caller) -> Principal:
     require_host(caller, host)
     return caller
@@ -102,3 +127,4 @@ def _host_caller(host: str, caller: Caller) -> Principal:
 # hears 403, not how their body was wrong.
 Admin = Annotated[Principal, Depends(_admin)]
 HostCaller = Annotated[Principal, Depends(_host_caller)]
+User = Annotated[Principal, Depends(_user)]

@@ -8,12 +8,22 @@ inventory report is the exception: :class:`InventoryReport` only documents it, a
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
 
+from pcipass.pci.alias import NumaPolicy
 from pcipass.pci.device import DevType
 from pcipass.pci.inventory import valid_host_name
-from pcipass.records import DeviceState, Role
+from pcipass.records import DeviceState, Role, ServerStatus
 
 
 class ErrorOut(BaseModel):
@@ -189,3 +199,184 @@ class PoolOut(BaseModel):
 class PoolPage(BaseModel):
     pools: list[PoolOut]
     next: str | None
+
+
+# --- issue 3: aliases, flavors, images, servers, scheduler, quotas, usage -------------------
+
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
+Project = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+
+
+class AliasOut(BaseModel):
+    """Every entry of one name; a device matching any entry satisfies the alias."""
+
+    name: str
+    device_type: DevType | None
+    numa_policy: NumaPolicy
+    entries: list[dict[str, Any]] = Field(description="Nova alias JSON, one object per entry.")
+
+
+class AliasesMade(BaseModel):
+    aliases: list[AliasOut] = Field(description="Every name the body touched, all its entries.")
+
+
+class AliasList(BaseModel):
+    aliases: list[AliasOut]
+    next: str | None = None
+
+
+class FlavorCreate(BaseModel):
+    """Nova's flavor shape; ``extra_specs`` are checked against the aliases when created."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name
+    vcpus: int = Field(ge=1, le=4096)
+    ram_mb: int = Field(ge=1)
+    disk_gb: int = Field(default=0, ge=0)
+    extra_specs: dict[str, str] = Field(
+        default_factory=dict, examples=[{"pci_passthrough:alias": "gpu:2"}])
+    is_public: StrictBool = True
+    projects: list[Project] = Field(default_factory=list,
+                                    description="Projects a private flavor is shared with.")
+
+
+class FlavorOut(BaseModel):
+    id: str
+    name: str
+    vcpus: int
+    ram_mb: int
+    disk_gb: int
+    extra_specs: dict[str, str]
+    is_public: bool
+    projects: list[str]
+
+
+class FlavorList(BaseModel):
+    flavors: list[FlavorOut]
+    next: str | None = None
+
+
+class FlavorAccess(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    add: list[Project] = Field(default_factory=list)
+    remove: list[Project] = Field(default_factory=list)
+
+
+class ImageCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name
+    source: str = Field(min_length=1, max_length=4096,
+                        description="The disk file's path on the hosts.")
+    properties: dict[str, str] = Field(
+        default_factory=dict, examples=[{"hw_pci_supported_aliases": "gpu,vf"}])
+
+
+class ImageOut(BaseModel):
+    id: str
+    name: str
+    source: str
+    properties: dict[str, str]
+    project: str | None = Field(description="null: public (made by an admin).")
+
+
+class ImageList(BaseModel):
+    images: list[ImageOut]
+    next: str | None = None
+
+
+class ServerCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name
+    flavor: str = Field(min_length=1, description="Flavor name or id.")
+    image: str = Field(min_length=1, description="Image name or id.")
+    project: Project | None = Field(default=None, description="Admins only: boot for a project.")
+
+
+class ServerDeviceOut(BaseModel):
+    address: str
+    alias: str | None = Field(description="null: handed out with another (an IOMMU group mate).")
+    state: DeviceState
+    vendor_id: str
+    product_id: str
+    dev_type: DevType
+    numa_node: int | None
+
+
+class FaultOut(BaseModel):
+    message: str
+
+
+class ServerOut(BaseModel):
+    id: str
+    name: str
+    project: str
+    status: ServerStatus
+    flavor: str
+    image: str
+    host: str | None
+    devices: list[ServerDeviceOut]
+    not_granted: list[str] = Field(description='Soft requests no host could grant, e.g. "fpga:1".')
+    fault: FaultOut | None
+    numa_cells: list[int]
+    created_at: datetime
+    updated_at: datetime
+
+
+class ServerPage(BaseModel):
+    servers: list[ServerOut]
+    next: str | None
+
+
+class ExplainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    flavor: str = Field(min_length=1)
+    image: str | None = Field(default=None, min_length=1)
+    project: Project | None = None
+
+
+class HostVerdictOut(BaseModel):
+    host: str
+    fits: bool
+    reason: str | None
+    devices: list[str]
+
+
+class ExplainOut(BaseModel):
+    message: str
+    fits: bool
+    hosts: list[HostVerdictOut]
+
+
+class QuotaSet(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int = Field(ge=0, strict=True, description="Devices of the alias the project may hold.")
+
+
+class QuotaOut(BaseModel):
+    project: str
+    alias: str
+    limit: int
+    used: int
+
+
+class QuotaList(BaseModel):
+    quotas: list[QuotaOut]
+    next: str | None = None
+
+
+class UsageOut(BaseModel):
+    project: str
+    alias: str
+    device_seconds: float
+    device_hours: float
+
+
+class UsageList(BaseModel):
+    usage: list[UsageOut]
+    next: str | None = None

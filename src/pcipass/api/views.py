@@ -8,8 +8,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from pcipass.pci.alias import Alias, alias_entry_to_json
 from pcipass.pci.inventory import device_to_json, host_to_json
-from pcipass.records import DeviceRecord, HostRecord, PoolRecord, Principal, ReportResult
+from pcipass.records import (
+    DeviceRecord,
+    FlavorRecord,
+    HostRecord,
+    ImageRecord,
+    PoolRecord,
+    Principal,
+    QuotaRecord,
+    ReportResult,
+    ServerDevice,
+    ServerRecord,
+    UsageRecord,
+)
+from pcipass.services import Explanation
 
 JSON = dict[str, Any]
 
@@ -72,4 +86,91 @@ def token_view(principal: Principal, secret: str) -> JSON:
         "role": principal.role.value,
         "project": principal.project,
         "host": principal.host,
+    }
+
+
+# --- issue 3 ---------------------------------------------------------------------------------
+
+def alias_view(alias: Alias) -> JSON:
+    """The entries in Nova's own JSON, so an operator can paste them back into nova.conf."""
+    return {
+        "name": alias.name,
+        "device_type": alias.dev_type.value if alias.dev_type is not None else None,
+        "numa_policy": alias.numa_policy.value,
+        "entries": [alias_entry_to_json(e) for e in alias.entries],
+    }
+
+
+def flavor_view(rec: FlavorRecord) -> JSON:
+    return {
+        "id": rec.id,
+        "name": rec.name,
+        "vcpus": rec.vcpus,
+        "ram_mb": rec.ram_mb,
+        "disk_gb": rec.disk_gb,
+        "extra_specs": dict(rec.extra_specs),
+        "is_public": rec.is_public,
+        "projects": list(rec.projects),
+    }
+
+
+def image_view(rec: ImageRecord) -> JSON:
+    return {
+        "id": rec.id,
+        "name": rec.name,
+        "source": rec.source,
+        "properties": dict(rec.properties),
+        "project": rec.project,
+    }
+
+
+def server_device_view(dev: ServerDevice) -> JSON:
+    return {
+        "address": str(dev.address),
+        "alias": dev.alias,
+        "state": dev.state.value,
+        "vendor_id": dev.vendor_id,
+        "product_id": dev.product_id,
+        "dev_type": dev.dev_type.value,
+        "numa_node": dev.numa_node,
+    }
+
+
+def server_view(rec: ServerRecord) -> JSON:
+    return {
+        "id": rec.id,
+        "name": rec.name,
+        "project": rec.project,
+        "status": rec.status.value,
+        "flavor": rec.flavor,
+        "image": rec.image,
+        "host": rec.host,
+        "devices": [server_device_view(d) for d in rec.devices],
+        "not_granted": list(rec.not_granted),
+        "fault": {"message": rec.fault} if rec.fault is not None else None,
+        "numa_cells": list(rec.numa_cells),
+        "created_at": rec.created_at,
+        "updated_at": rec.updated_at,
+    }
+
+
+def explanation_view(exp: Explanation) -> JSON:
+    return {
+        "message": exp.message,
+        "fits": exp.fits,
+        "hosts": [{"host": v.host, "fits": v.fits, "reason": v.reason,
+                   "devices": list(v.devices)} for v in exp.hosts],
+    }
+
+
+def quota_view(rec: QuotaRecord) -> JSON:
+    return {"project": rec.project, "alias": rec.alias, "limit": rec.limit, "used": rec.used}
+
+
+def usage_view(rec: UsageRecord) -> JSON:
+    return {
+        "project": rec.project,
+        "alias": rec.alias,
+        "device_seconds": rec.device_seconds,
+        "device_hours": rec.device_seconds / 3600.0,
     }

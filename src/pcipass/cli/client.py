@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote
@@ -22,9 +22,23 @@ import httpx
 
 from pcipass import errors
 from pcipass.pci.address import PciAddress
+from pcipass.pci.alias import Alias, parse_alias_entry
 from pcipass.pci.device import DevType
 from pcipass.pci.inventory import parse_device, parse_host
-from pcipass.records import DeviceRecord, DeviceState, HostRecord, PoolRecord, ReportResult
+from pcipass.records import (
+    DeviceRecord,
+    DeviceState,
+    FlavorRecord,
+    HostRecord,
+    ImageRecord,
+    PoolRecord,
+    QuotaRecord,
+    ReportResult,
+    ServerDevice,
+    ServerRecord,
+    ServerStatus,
+    UsageRecord,
+)
 
 JSON = dict[str, Any]
 Params = Sequence[tuple[str, str]]
@@ -65,7 +79,8 @@ def error_from_response(status: int, body: Any, fallback: str) -> errors.Pcipass
     cls = _error_classes().get(code or "") or _BY_STATUS.get(status) or (
         errors.InvalidInput if 400 <= status < 500 else errors.InfrastructureError
     )
-    return cls(message or fallback, field=field, code=code)
+    # Every error class takes (message, field=, code=): what the wire carries.
+    return cls(message or fallback, field=field, code=code or cls.code)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +195,117 @@ class ApiClient:
                                     body={"role": role, "project": project, "host": host})
         return result
 
+    # --- catalog: aliases, flavors, images ---------------------------------------------
+
+    def create_aliases(self, body: Any) -> list[JSON]:
+        """One Nova alias dict or a list of them; the aliases they created or extended."""
+        reply = self.request("POST", "/v1/aliases", body=body)
+        return list(reply.get("aliases") or [])
+
+    def aliases(self) -> Listing:
+        return self.listing("/v1/aliases", "aliases")
+
+    def alias(self, name: str) -> JSON:
+        return self._get(f"/v1/aliases/{_seg(name)}")
+
+    def delete_alias(self, name: str) -> None:
+        self.request("DELETE", f"/v1/aliases/{_seg(name)}")
+
+    def create_flavor(self, *, name: str, vcpus: int, ram_mb: int, disk_gb: int,
+                      extra_specs: Mapping[str, str], is_public: bool = True,
+                      projects: Sequence[str] = ()) -> JSON:
+        body = {"name": name, "vcpus": vcpus, "ram_mb": ram_mb, "disk_gb": disk_gb,
+                "extra_specs": dict(extra_specs), "is_public": is_public,
+                "projects": list(projects)}
+        result: JSON = self.request("POST", "/v1/flavors", body=body)
+        return result
+
+    def flavors(self) -> Listing:
+        return self.listing("/v1/flavors", "flavors")
+
+    def flavor(self, ref: str) -> JSON:
+        return self._get(f"/v1/flavors/{_seg(ref)}")
+
+    def delete_flavor(self, ref: str) -> None:
+        self.request("DELETE", f"/v1/flavors/{_seg(ref)}")
+
+    def flavor_access(self, ref: str, *, add: Sequence[str] = (),
+                      remove: Sequence[str] = ()) -> JSON:
+        result: JSON = self.request("POST", f"/v1/flavors/{_seg(ref)}/access",
+                                    body={"add": list(add), "remove": list(remove)})
+        return result
+
+    def create_image(self, *, name: str, source: str, properties: Mapping[str, str]) -> JSON:
+        result: JSON = self.request("POST", "/v1/images", body={
+            "name": name, "source": source, "properties": dict(properties)})
+        return result
+
+    def images(self) -> Listing:
+        return self.listing("/v1/images", "images")
+
+    def image(self, ref: str) -> JSON:
+        return self._get(f"/v1/images/{_seg(ref)}")
+
+    def delete_image(self, ref: str) -> None:
+        self.request("DELETE", f"/v1/images/{_seg(ref)}")
+
+    # --- servers, scheduler, quotas, usage -----------------------------------------------
+
+    def create_server(self, *, name: str, flavor: str, image: str,
+                      project: str | None = None) -> JSON:
+        body: JSON = {"name": name, "flavor": flavor, "image": image}
+        if project is not None:
+            body["project"] = project
+        result: JSON = self.request("POST", "/v1/servers", body=body)
+        return result
+
+    def servers(self, params: Params = (), *, limit: int | None = None,
+                marker: str | None = None, all_pages: bool = True) -> Listing:
+        return self.listing("/v1/servers", "servers", params, limit=limit, marker=marker,
+                            all_pages=all_pages)
+
+    def server(self, ref: str) -> JSON:
+        return self._get(f"/v1/servers/{_seg(ref)}")
+
+    def delete_server(self, ref: str, *, force: bool = False) -> JSON:
+        params = [("force", "true")] if force else []
+        result: JSON = self.request("DELETE", f"/v1/servers/{_seg(ref)}", params=params)
+        return result
+
+    def explain(self, *, flavor: str, image: str | None = None,
+                project: str | None = None) -> JSON:
+        body: JSON = {"flavor": flavor}
+        if image is not None:
+            body["image"] = image
+        if project is not None:
+            body["project"] = project
+        result: JSON = self.request("POST", "/v1/scheduler/explain", body=body)
+        return result
+
+    def set_quota(self, project: str, alias: str, limit: int) -> JSON:
+        result: JSON = self.request("PUT", f"/v1/quotas/{_seg(project)}/{_seg(alias)}",
+                                    body={"limit": limit})
+        return result
+
+    def quotas(self, *, project: str | None = None) -> Listing:
+        return self.listing("/v1/quotas", "quotas", [("project", project)] if project else [])
+
+    def delete_quota(self, project: str, alias: str) -> None:
+        self.request("DELETE", f"/v1/quotas/{_seg(project)}/{_seg(alias)}")
+
+    def usage(self, *, project: str | None = None, start: datetime | None = None,
+              end: datetime | None = None) -> Listing:
+        params = [(k, v) for k, v in (
+            ("project", project),
+            ("start", start.isoformat() if start else None),
+            ("end", end.isoformat() if end else None),
+        ) if v is not None]
+        return self.listing("/v1/usage", "usage", params)
+
+    def _get(self, path: str) -> JSON:
+        result: JSON = self.request("GET", path)
+        return result
+
 
 def _seg(text: str) -> str:
     """One URL path segment: a host name or address never escapes its place in the path."""
@@ -243,3 +369,80 @@ def report_result(obj: Mapping[str, Any]) -> ReportResult:
         removed=int(obj.get("removed") or 0),
         gone=int(obj.get("gone") or 0),
     )
+
+
+def _strings(obj: Any) -> dict[str, str]:
+    return {str(k): str(v) for k, v in (obj or {}).items()}
+
+
+def alias_record(obj: Mapping[str, Any]) -> Alias:
+    """An alias as the API shows it: its name and its Nova entries (the alternatives)."""
+    name = str(obj["name"])
+    entries = tuple(parse_alias_entry({"name": name, **e}, where=f"alias {name!r}")
+                    for e in obj.get("entries") or [])
+    return Alias(name, entries)
+
+
+def flavor_record(obj: Mapping[str, Any]) -> FlavorRecord:
+    return FlavorRecord(
+        id=str(obj["id"]), name=str(obj["name"]), vcpus=int(obj.get("vcpus") or 0),
+        ram_mb=int(obj.get("ram_mb") or 0), disk_gb=int(obj.get("disk_gb") or 0),
+        extra_specs=_strings(obj.get("extra_specs")),
+        is_public=bool(obj.get("is_public", True)),
+        projects=tuple(str(p) for p in obj.get("projects") or ()),
+    )
+
+
+def image_record(obj: Mapping[str, Any]) -> ImageRecord:
+    return ImageRecord(
+        id=str(obj["id"]), name=str(obj["name"]), source=str(obj.get("source") or ""),
+        properties=_strings(obj.get("properties")), project=obj.get("project"),
+    )
+
+
+def _server_device(obj: Mapping[str, Any]) -> ServerDevice:
+    return ServerDevice(
+        address=PciAddress.parse(str(obj["address"])),
+        alias=obj.get("alias"),
+        state=DeviceState(obj.get("state") or DeviceState.CLAIMED.value),
+        vendor_id=str(obj.get("vendor_id") or ""),
+        product_id=str(obj.get("product_id") or ""),
+        dev_type=DevType(obj.get("dev_type") or DevType.PCI.value),
+        numa_node=obj.get("numa_node"),
+    )
+
+
+def fault_message(obj: Mapping[str, Any]) -> str | None:
+    """The server's fault as text: the API sends ``{"message": ...}`` or null."""
+    fault = obj.get("fault")
+    if isinstance(fault, Mapping):
+        message = fault.get("message")
+        return str(message) if message is not None else None
+    return str(fault) if fault else None
+
+
+_EPOCH = datetime.fromtimestamp(0, UTC)
+
+
+def server_record(obj: Mapping[str, Any]) -> ServerRecord:
+    return ServerRecord(
+        id=str(obj["id"]), name=str(obj["name"]), project=str(obj.get("project") or ""),
+        status=ServerStatus(obj["status"]), flavor=str(obj.get("flavor") or ""),
+        image=str(obj.get("image") or ""), host=obj.get("host"),
+        devices=tuple(_server_device(d) for d in obj.get("devices") or ()),
+        not_granted=tuple(str(n) for n in obj.get("not_granted") or ()),
+        fault=fault_message(obj),
+        numa_cells=tuple(int(n) for n in obj.get("numa_cells") or ()),
+        created_at=_datetime(obj.get("created_at")) or _EPOCH,
+        updated_at=_datetime(obj.get("updated_at")) or _EPOCH,
+    )
+
+
+def quota_record(obj: Mapping[str, Any]) -> QuotaRecord:
+    return QuotaRecord(project=str(obj["project"]), alias=str(obj["alias"]),
+                       limit=int(obj["limit"]), used=int(obj.get("used") or 0))
+
+
+def usage_record(obj: Mapping[str, Any]) -> UsageRecord:
+    return UsageRecord(project=str(obj["project"]), alias=str(obj["alias"]),
+                       device_seconds=float(obj.get("device_seconds") or 0.0))

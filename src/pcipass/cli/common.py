@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Annotated, Any, NoReturn
 
@@ -55,6 +55,27 @@ def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
     text.append(message)
     console(stderr=True).print(text, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def parse_pairs(values: Sequence[str] | None, option: str) -> list[tuple[str, str]]:
+    """``key=value`` options in order; a value may hold ``=``, a key may not be empty."""
+    pairs = []
+    for text in values or ():
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip():
+            fail(f"{option} {text!r} must be key=value", EXIT_USAGE)
+        pairs.append((key.strip(), value.strip()))
+    return pairs
+
+
+def pairs_dict(values: Sequence[str] | None, option: str) -> dict[str, str]:
+    """``key=value`` options as a dict; a key given twice is a usage error, not a silent win."""
+    out: dict[str, str] = {}
+    for key, value in parse_pairs(values, option):
+        if key in out:
+            fail(f"{option} {key} is given twice", EXIT_USAGE)
+        out[key] = value
+    return out
 
 
 @contextmanager

@@ -13,8 +13,11 @@ import typer
 from pcipass import __version__
 from pcipass.cli.admin import device_app, host_app, pool_app, token_app
 from pcipass.cli.agent import agent_command
+from pcipass.cli.catalog import alias_app, flavor_app, image_app
 from pcipass.cli.discover import discover_command
+from pcipass.cli.quotas import quota_app, usage_command
 from pcipass.cli.serve import serve_command
+from pcipass.cli.servers import explain_command, server_app
 
 app = typer.Typer(
     name="pcipass",
@@ -31,12 +34,19 @@ app.add_typer(host_app, name="host")
 app.add_typer(device_app, name="device")
 app.add_typer(pool_app, name="pool")
 app.add_typer(token_app, name="token")
+app.add_typer(alias_app, name="alias")
+app.add_typer(flavor_app, name="flavor")
+app.add_typer(image_app, name="image")
+app.add_typer(server_app, name="server")
+app.command("explain")(explain_command)
+app.add_typer(quota_app, name="quota")
+app.command("usage")(usage_command)
 
 
 @app.command("demo")
 def demo_command(
     once: Annotated[bool, typer.Option(
-        "--once", help="Show the fleet, then clean up and exit.")] = False,
+        "--once", help="Run the scenario once, then clean up and exit.")] = False,
     hosts_per_profile: Annotated[int, typer.Option(
         "--hosts-per-profile", min=1, max=20, help="Simulated hosts built from each profile.")
     ] = 1,

@@ -13,9 +13,22 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from pcipass.pci.alias import Alias, AliasEntry, alias_entry_to_json
 from pcipass.pci.device import PciDevice
 from pcipass.pci.inventory import Inventory
-from pcipass.records import DeviceRecord, DeviceState, HostRecord, PoolRecord
+from pcipass.pci.request import ALIAS_PREFERRED_SPEC, ALIAS_SPEC
+from pcipass.records import (
+    DeviceRecord,
+    DeviceState,
+    FlavorRecord,
+    HostRecord,
+    ImageRecord,
+    PoolRecord,
+    QuotaRecord,
+    ServerRecord,
+    ServerStatus,
+    UsageRecord,
+)
 
 _DEV_TYPE_SHORT = {"type-PCI": "PCI", "type-PF": "PF", "type-VF": "VF"}
 
@@ -216,6 +229,211 @@ def token_view(obj: Mapping[str, Any]) -> RenderableType:
     note = Text("Store this token now: it is not shown again.\n", style="yellow")
     token = Text(str(obj.get("token")), style="bold")
     return Group(table, note, token)
+
+
+# --- catalog: aliases, flavors, images ---------------------------------------------------
+
+_ENTRY_SHOWN_ELSEWHERE = frozenset({"name", "device_type", "numa_policy"})
+
+
+def alias_entry_text(entry: AliasEntry) -> str:
+    """One alternative in a line: ``10de:20f1`` plus whatever else it constrains."""
+    obj = alias_entry_to_json(entry)
+    parts = []
+    if "vendor_id" in obj or "product_id" in obj:
+        parts.append(ids_text(obj.pop("vendor_id", "*"), obj.pop("product_id", "*")))
+    match = obj.pop("match", {})
+    for key, value in obj.items():
+        if key not in _ENTRY_SHOWN_ELSEWHERE:
+            parts.append(f"{key}={value}")
+    for key, value in match.items():
+        values = value if isinstance(value, list) else [value]
+        parts.append(f"{key}={'|'.join(_value_text(v) for v in values)}")
+    return " ".join(parts) or "-"
+
+
+def _value_text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def aliases_table(aliases: Sequence[Alias], *, title: str = "PCI aliases") -> Table:
+    table = Table(title=title, title_justify="left")
+    for name in ("name", "device type", "NUMA policy", "matches (any of)"):
+        table.add_column(name, overflow="fold", no_wrap=name == "name")
+    for a in aliases:
+        table.add_row(a.name, a.dev_type.value if a.dev_type else "any",
+                      a.numa_policy.value, "\n".join(alias_entry_text(e) for e in a.entries))
+    return table
+
+
+def alias_view(a: Alias) -> RenderableType:
+    return _kv_table(f"Alias {a.name}", [
+        ("device type", a.dev_type.value if a.dev_type else "any"),
+        ("NUMA policy", a.numa_policy.value),
+        *((f"entry {i}", alias_entry_text(e)) for i, e in enumerate(a.entries, start=1)),
+    ])
+
+
+def _access_text(f: FlavorRecord) -> str:
+    if f.is_public:
+        return "public"
+    return f"private: {', '.join(f.projects)}" if f.projects else "private (no project yet)"
+
+
+def _other_specs(specs: Mapping[str, str]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(specs.items())
+                     if k not in (ALIAS_SPEC, ALIAS_PREFERRED_SPEC)) or "-"
+
+
+def flavors_table(flavors: Sequence[FlavorRecord], *, title: str = "Flavors") -> Table:
+    table = Table(title=title, title_justify="left")
+    for name in ("name", "id", "vCPUs", "RAM MiB", "disk GB", "PCI devices", "preferred",
+                 "other extra specs", "access"):
+        table.add_column(name, overflow="fold", no_wrap=name == "name")
+    for f in flavors:
+        table.add_row(f.name, f.id, str(f.vcpus), str(f.ram_mb), str(f.disk_gb),
+                      _opt(f.extra_specs.get(ALIAS_SPEC)),
+                      _opt(f.extra_specs.get(ALIAS_PREFERRED_SPEC)),
+                      _other_specs(f.extra_specs), _access_text(f))
+    return table
+
+
+def flavor_view(f: FlavorRecord) -> RenderableType:
+    return _kv_table(f"Flavor {f.name}", [
+        ("id", f.id),
+        ("vCPUs", str(f.vcpus)),
+        ("RAM MiB", str(f.ram_mb)),
+        ("disk GB", str(f.disk_gb)),
+        ("access", _access_text(f)),
+        *((k, v) for k, v in sorted(f.extra_specs.items())),
+    ])
+
+
+def _owner_text(i: ImageRecord) -> str:
+    return "public" if i.project is None else f"project {i.project}"
+
+
+def images_table(images: Sequence[ImageRecord], *, title: str = "Images") -> Table:
+    table = Table(title=title, title_justify="left")
+    for name in ("name", "id", "source", "properties", "visibility"):
+        table.add_column(name, overflow="fold", no_wrap=name == "name")
+    for i in images:
+        table.add_row(i.name, i.id, i.source, tags_text(i.properties), _owner_text(i))
+    return table
+
+
+def image_view(i: ImageRecord) -> RenderableType:
+    return _kv_table(f"Image {i.name}", [
+        ("id", i.id), ("source", i.source), ("visibility", _owner_text(i)),
+        *((k, v) for k, v in sorted(i.properties.items())),
+    ])
+
+
+# --- servers, the scheduler, quotas, usage ----------------------------------------------
+
+_STATUS_STYLE = {
+    ServerStatus.BUILDING: "yellow",
+    ServerStatus.ACTIVE: "green",
+    ServerStatus.ERROR: "bold red",
+    ServerStatus.DELETING: "dim",
+    ServerStatus.DELETED: "dim",
+}
+
+
+def status_text(status: ServerStatus) -> Text:
+    return Text(status.value, style=_STATUS_STYLE.get(status, ""))
+
+
+def server_devices_text(s: ServerRecord) -> str:
+    """``2 x a100`` per alias, riders (group mates handed out along) counted apart."""
+    counts: dict[str, int] = {}
+    for d in s.devices:
+        key = d.alias if d.alias is not None else "(group mate)"
+        counts[key] = counts.get(key, 0) + 1
+    return ", ".join(f"{n} x {alias}" for alias, n in counts.items()) or "-"
+
+
+def servers_table(servers: Sequence[ServerRecord], *, title: str = "Servers") -> Table:
+    table = Table(title=title, title_justify="left")
+    for name in ("name", "id", "project", "status", "flavor", "host", "devices", "NUMA",
+                 "fault"):
+        table.add_column(name, overflow="fold", no_wrap=name in ("name", "status"))
+    for s in servers:
+        table.add_row(s.name, s.id, s.project, status_text(s.status), s.flavor, _opt(s.host),
+                      server_devices_text(s), _nodes_text(s.numa_cells), _opt(s.fault))
+    return table
+
+
+def _nodes_text(nodes: Sequence[int]) -> str:
+    return ",".join(str(n) for n in nodes) or "-"
+
+
+def server_view(s: ServerRecord) -> RenderableType:
+    info = _kv_table(f"Server {s.name}", [
+        ("id", s.id),
+        ("project", s.project),
+        ("status", s.status.value),
+        ("flavor", s.flavor),
+        ("image", s.image),
+        ("host", _opt(s.host)),
+        ("guest NUMA cells on host nodes", _nodes_text(s.numa_cells)),
+        ("not granted", ", ".join(s.not_granted) or "-"),
+        ("fault", _opt(s.fault)),
+        ("created", s.created_at.isoformat(timespec="seconds")),
+        ("updated", s.updated_at.isoformat(timespec="seconds")),
+    ])
+    if not s.devices:
+        return Group(info, Text("no PCI devices held", style="dim"))
+    devices = Table(title="Devices", title_justify="left")
+    for name in ("address", "alias", "state", "ids", "type", "NUMA"):
+        devices.add_column(name, overflow="fold", no_wrap=name in ("address", "ids"))
+    for d in s.devices:
+        devices.add_row(str(d.address), d.alias or "(group mate)",
+                        Text(d.state.value, style=_STATE_STYLE.get(d.state, "")),
+                        ids_text(d.vendor_id, d.product_id), dev_type_text(d.dev_type.value),
+                        _opt(d.numa_node))
+    return Group(info, devices)
+
+
+def explain_view(obj: Mapping[str, Any]) -> RenderableType:
+    """The scheduler's verdict: the summary, then why each host does or does not fit."""
+    fits = bool(obj.get("fits"))
+    summary = Text("fits: " if fits else "does not fit: ",
+                   style="bold green" if fits else "bold red")
+    summary.append(str(obj.get("message") or ""))
+    table = Table(title="Hosts", title_justify="left")
+    for name in ("host", "fits", "reason", "devices"):
+        table.add_column(name, overflow="fold", no_wrap=name == "host")
+    for h in obj.get("hosts") or []:
+        ok = bool(h.get("fits"))
+        table.add_row(str(h.get("host")),
+                      Text("yes", style="green") if ok else Text("no", style="red"),
+                      _opt(h.get("reason")), ", ".join(str(d) for d in h.get("devices") or [])
+                      or "-")
+    return Group(summary, table)
+
+
+def quotas_table(quotas: Sequence[QuotaRecord], *, title: str = "Quotas") -> Table:
+    table = Table(title=title, title_justify="left")
+    for name in ("project", "alias", "used", "limit"):
+        table.add_column(name, justify="right" if name in ("used", "limit") else "left")
+    for q in quotas:
+        full = q.used >= q.limit
+        table.add_row(q.project, q.alias, Text(str(q.used), style="red" if full else ""),
+                      str(q.limit))
+    return table
+
+
+def usage_table(usage: Sequence[UsageRecord], *, title: str = "Device usage") -> Table:
+    table = Table(title=title, title_justify="left")
+    for name in ("project", "alias", "device-hours", "device-seconds"):
+        table.add_column(name, justify="left" if name in ("project", "alias") else "right")
+    for u in usage:
+        table.add_row(u.project, u.alias, f"{u.device_seconds / 3600:.4f}",
+                      f"{u.device_seconds:.0f}")
+    return table
 
 
 def _kv_table(title: str, rows: Iterable[tuple[str, str]]) -> Table:

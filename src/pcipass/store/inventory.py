@@ -14,36 +14,28 @@ executemany per kind of change; an unchanged report only touches ``last_report_a
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Row, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, Row, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from pcipass.errors import GenerationConflict, InvalidInput
 from pcipass.pci.address import PciAddress
 from pcipass.pci.inventory import Inventory, valid_host_name
-from pcipass.pci.pool import Slot, slot
-from pcipass.pci.reconcile import Plan, Tracked, reconcile
+from pcipass.pci.reconcile import Plan, apply_plan, reconcile
 from pcipass.records import ReportResult
+from pcipass.store.derive import DERIVED_VERSION, Target, load_rows, targets_of, write_host
+from pcipass.store.derive import Row as DevRow
 from pcipass.store.engine import Transactions
-from pcipass.store.pools import drop_empty_pools, sync_pools
-from pcipass.store.rows import host_info, host_values, to_tracked, tracked_values
+from pcipass.store.kinds import KindIds
+from pcipass.store.pools import drop_empty_pools
+from pcipass.store.rows import host_info, host_values
 from pcipass.store.schema import device_tags, devices, hosts
 
 T = TypeVar("T")
 CHUNK = 1000
-
-_DEVICE_UPDATE = (
-    update(devices)
-    .where(devices.c.id == bindparam("b_id"))
-    .values({
-        c.name: bindparam(f"b_{c.name}")
-        for c in devices.c if c.name not in ("id", "host_id")
-    })
-)
-
 
 def chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
     """Bound IN lists: SQLite and the drivers cap the number of parameters per statement."""
@@ -64,32 +56,21 @@ def _conflict(host: str, current: int, given: int | None) -> GenerationConflict:
     )
 
 
-def load_devices(conn: Connection, host_id: int) -> tuple[list[Tracked], dict[PciAddress, int]]:
-    """The host's devices as the store holds them, and their row ids."""
-    tracked: list[Tracked] = []
-    ids: dict[PciAddress, int] = {}
-    columns = [c for c in devices.c if c.name not in ("host_id", "pool_id", "updated_at")]
-    for row in conn.execute(select(*columns).where(devices.c.host_id == host_id)):
-        t = to_tracked(row)
-        tracked.append(t)
-        ids[t.address] = row.id
-    return tracked, ids
-
-
-def slot_of(t: Tracked | None) -> Slot | None:
-    return None if t is None else slot(t.device, t.state, t.reserved)
+def load_devices(conn: Connection, host_id: int) -> dict[PciAddress, DevRow]:
+    """The host's devices as the store holds them (a seam tests use to slip a writer in)."""
+    return load_rows(conn, host_id)
 
 
 def report_inventory(tx: Transactions, host: str, generation: int | None,
-                     inventory: Inventory, now: datetime) -> ReportResult:
+                     inventory: Inventory, now: datetime, kind_ids: KindIds) -> ReportResult:
     check_host_name(host)
     with tx.write() as conn:
         row = conn.execute(
             select(hosts).where(hosts.c.name == host).with_for_update()
         ).first()
         if row is None:
-            return _create(conn, host, generation, inventory, now)
-        return _replace(conn, row, generation, inventory, now)
+            return _create(conn, host, generation, inventory, now, kind_ids)
+        return _replace(conn, row, generation, inventory, now, kind_ids)
 
 
 def _result(host: str, generation: int, plan: Plan) -> ReportResult:
@@ -101,7 +82,7 @@ def _result(host: str, generation: int, plan: Plan) -> ReportResult:
 
 
 def _create(conn: Connection, host: str, generation: int | None, inventory: Inventory,
-            now: datetime) -> ReportResult:
+            now: datetime, kind_ids: KindIds) -> ReportResult:
     if generation is not None:
         raise GenerationConflict(
             f"host {host} is not known yet: send generation null to create it",
@@ -121,12 +102,12 @@ def _create(conn: Connection, host: str, generation: int | None, inventory: Inve
             field="generation",
         ) from None
     plan = reconcile((), inventory)
-    _write_plan(conn, host_id, plan, {}, now)
+    _write_plan(conn, host_id, plan, {}, now, kind_ids)
     return _result(host, 1, plan)
 
 
 def _replace(conn: Connection, row: Row[Any], generation: int | None, inventory: Inventory,
-             now: datetime) -> ReportResult:
+             now: datetime, kind_ids: KindIds) -> ReportResult:
     host: str = row.name
     if generation is None:
         raise GenerationConflict(
@@ -136,8 +117,8 @@ def _replace(conn: Connection, row: Row[Any], generation: int | None, inventory:
         )
     if row.generation != generation:
         raise _conflict(host, row.generation, generation)
-    current, ids = load_devices(conn, row.id)
-    plan = reconcile(current, inventory)
+    stored = load_devices(conn, row.id)
+    plan = reconcile([r.tracked for r in stored.values()], inventory)
     changed = plan.changed or host_info(row) != inventory.host
     values: dict[str, Any] = {"last_report_at": now}
     if changed:
@@ -153,56 +134,40 @@ def _replace(conn: Connection, row: Row[Any], generation: int | None, inventory:
         ).scalar_one()
         raise _conflict(host, current_generation, generation)
     if not changed:
+        if row.derived < DERIVED_VERSION:
+            write_host(conn, row.id, stored, targets_of(stored.values()), kind_ids, now)
+            drop_empty_pools(conn, row.id)
         return ReportResult(host=host, generation=generation, changed=False)
-    _write_plan(conn, row.id, plan, ids, now)
+    _write_plan(conn, row.id, plan, stored, now, kind_ids)
     return _result(host, generation + 1, plan)
 
 
-def _write_plan(conn: Connection, host_id: int, plan: Plan, ids: dict[PciAddress, int],
-                now: datetime) -> None:
-    moves = list(plan.moves())
-    pool_ids = sync_pools(conn, host_id, [(slot_of(b), slot_of(a)) for b, a in moves])
-
-    def pool_id(t: Tracked) -> int | None:
-        s = slot_of(t)
-        return None if s is None else pool_ids[s.key]
-
-    gone = [ids[t.address] for t in plan.gone]
-    for part in chunks(gone):
-        conn.execute(delete(device_tags).where(device_tags.c.device_id.in_(part)))
-        conn.execute(delete(devices).where(devices.c.id.in_(part)))
+def _write_plan(conn: Connection, host_id: int, plan: Plan, stored: Mapping[PciAddress, DevRow],
+                now: datetime, kind_ids: KindIds) -> None:
+    """Write the plan and everything derived from it (dependants, reasons, pools)."""
+    after = apply_plan([r.tracked for r in stored.values()], plan)
+    targets = [Target(t, stored[t.address].owner_alias if t.address in stored else None)
+               for t in after]
+    facts = {c.after.address for c in plan.updated if c.before.device != c.after.device}
+    write_host(conn, host_id, stored, targets, kind_ids, now, facts=facts)
 
     changes = (*plan.updated, *plan.removed)
-    if changes:
-        conn.execute(_DEVICE_UPDATE, [
-            {"b_id": ids[c.after.address], "b_pool_id": pool_id(c.after), "b_updated_at": now,
-             **{f"b_{k}": v for k, v in tracked_values(c.after).items()}}
-            for c in changes
-        ])
     retagged = [c for c in changes if c.before.device.tags != c.after.device.tags]
-    for part in chunks([ids[c.after.address] for c in retagged]):
+    for part in chunks([stored[c.after.address].id for c in retagged]):
         conn.execute(delete(device_tags).where(device_tags.c.device_id.in_(part)))
     tag_rows = [
-        {"device_id": ids[c.after.address], "key": k, "value": v}
+        {"device_id": stored[c.after.address].id, "key": k, "value": v}
         for c in retagged for k, v in c.after.device.tags.items()
     ]
-
-    if plan.added:
-        # Plain executemany, no RETURNING: psycopg pipelines it (RETURNING makes SQLAlchemy
-        # build one huge multi-VALUES statement, five times slower); ids are read back after.
-        conn.execute(insert(devices), [
-            {"host_id": host_id, "pool_id": pool_id(t), "updated_at": now, **tracked_values(t)}
-            for t in plan.added
-        ])
-        tagged = {str(t.address): t for t in plan.added if t.device.tags}
-        if tagged:
-            for address, dev_id in conn.execute(
-                select(devices.c.address, devices.c.id).where(devices.c.host_id == host_id)
-            ):
-                t = tagged.get(address)
-                if t is not None:
-                    tag_rows += [{"device_id": dev_id, "key": k, "value": v}
-                                 for k, v in t.device.tags.items()]
+    tagged = {str(t.address): t for t in plan.added if t.device.tags}
+    if tagged:
+        for address, dev_id in conn.execute(
+            select(devices.c.address, devices.c.id).where(devices.c.host_id == host_id)
+        ):
+            t = tagged.get(address)
+            if t is not None:
+                tag_rows += [{"device_id": dev_id, "key": k, "value": v}
+                             for k, v in t.device.tags.items()]
     if tag_rows:
         conn.execute(insert(device_tags), tag_rows)
     drop_empty_pools(conn, host_id)

@@ -145,7 +145,7 @@ def list_devices(conn: Connection, flt: DeviceFilter, limit: int,
                         and_(hosts.c.name == host, devices.c.address > address)))
     rows = conn.execute(q.order_by(hosts.c.name, devices.c.address).limit(limit + 1)).all()
     page = rows[:limit]
-    items = tuple(to_record(r.host_name, to_tracked(r)) for r in page)
+    items = tuple(to_record(r.host_name, to_tracked(r), r.reason) for r in page)
     nxt = encode_marker(page[-1].host_name, page[-1].address) if len(rows) > limit else None
     return Page(items, nxt)
 
@@ -156,7 +156,7 @@ def get_device(conn: Connection, host: str, address: PciAddress) -> DeviceRecord
     ).first()
     if row is None:
         raise NotFound(f"host {host} has no device {address}")
-    return to_record(host, to_tracked(row))
+    return to_record(host, to_tracked(row), row.reason)
 
 
 # --- pools -------------------------------------------------------------------------------

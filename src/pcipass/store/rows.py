@@ -101,29 +101,15 @@ def shown_state(state: DeviceState, reserved: bool) -> DeviceState:
     return state
 
 
-def reason(t: Tracked) -> str | None:
-    """Why the device cannot be handed out now, in words; None when it can (or is in use)."""
-    if t.state is DeviceState.REMOVED:
-        return "vanished from the host while in use; kept for its owner"
-    if not t.device.assignable:
-        if t.in_use:
-            return "no longer selected by the device spec; leaves service when freed"
-        return "not selected by the device spec"
-    if t.reserved:
-        return "reserved by an operator"
-    if t.state is DeviceState.UNAVAILABLE:
-        return "a related device is in use"
-    return None
-
-
-def to_record(host: str, t: Tracked) -> DeviceRecord:
+def to_record(host: str, t: Tracked, reason: str | None) -> DeviceRecord:
+    """``reason`` is the stored, derived one (:func:`pcipass.store.derive.shown_reason`)."""
     return DeviceRecord(
         host=host,
         device=t.device,
         state=shown_state(t.state, t.reserved),
         reserved=t.reserved,
         owner=t.owner,
-        reason=reason(t),
+        reason=reason,
     )
 
 

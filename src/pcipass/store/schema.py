@@ -4,12 +4,25 @@ Shaped for the scheduler at 10,000 hosts and a million devices: it filters hosts
 (one row per host and group of interchangeable devices, counts kept current by every device
 write) with indexed SQL and only then reads the devices of the hosts it picked.
 
-    hosts 1─* devices *─1 pools          (pools.host_id → hosts as well)
+    hosts 1─* devices *─1 pools *─1 pool_kinds   (pools.host_id → hosts as well)
               devices 1─* device_tags    (tags as rows: an index serves tag filters on any DB)
+    hosts 1─* servers 1─* tasks          (a server holds devices through devices.owner)
+    aliases, flavors 1─* flavor_projects, images, quotas, projects, usage_records
     tokens                               (sha256 of the token only)
 
+Ownership lives in one place: ``devices.state/owner/owner_alias``. Everything else about a
+host's devices is derived from those and kept in step by every writer, in the same transaction
+(:mod:`pcipass.store.derive`): dependants' ``unavailable`` state, ``devices.reason``, the pools'
+``total/free/usable`` counts, and the host's ``used_*`` and ``pci_free`` counters.
+
+``pool_kinds`` are the few distinct sets of attributes an alias can look at (vendor, product,
+type, class, driver, subsystem ids, tags) fleet-wide; matching aliases against kinds in Python
+and then pools by ``kind_id`` in SQL lets a scheduling decision narrow 10,000 hosts with one
+indexed query.
+
 Lock order for writers of one host's devices: the ``hosts`` row first (``SELECT ... FOR UPDATE``
-or the generation compare-and-swap), then its devices and pools.
+or the generation compare-and-swap), then (for quota checks) the ``projects`` row, then its
+devices, pools, servers and tasks.
 """
 
 from __future__ import annotations
@@ -34,10 +47,11 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
-from pcipass.records import DeviceState, Role
+from pcipass.records import DeviceState, Role, ServerStatus
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -53,6 +67,8 @@ metadata = MetaData(naming_convention=NAMING)
 Id = BigInteger().with_variant(Integer(), "sqlite")
 Json = JSON().with_variant(JSONB(), "postgresql")
 STORED_STATES = tuple(s.value for s in DeviceState if s is not DeviceState.RESERVED)
+TASK_KINDS = ("spawn", "destroy")
+TASK_STATES = ("queued", "running", "done", "failed")
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -92,6 +108,22 @@ hosts = Table(
     Column("numa", Json, nullable=False),
     Column("last_report_at", UtcDateTime, nullable=True),
     Column("created_at", UtcDateTime, nullable=False),
+    # What servers hold: vCPUs, RAM, per NUMA node {"<id>": [cpus, ram_mb]} (NUMA guests).
+    Column("used_vcpus", Integer, nullable=False, server_default="0"),
+    Column("used_ram_mb", BigInteger, nullable=False, server_default="0"),
+    Column("numa_used", Json, nullable=False, server_default=text("'{}'")),
+    # Devices a claim could take now (the pools' usable sum): no-PCI boots prefer 0.
+    Column("pci_free", Integer, nullable=False, server_default="0"),
+    # The version of the derivation rules the host's derived columns were computed with.
+    Column("derived", Integer, nullable=False, server_default="0"),
+    Index(None, "pci_free"),
+)
+
+pool_kinds = Table(
+    "pool_kinds", metadata,
+    Column("id", Id, primary_key=True),
+    Column("digest", String(64), nullable=False, unique=True),
+    Column("descriptor", Json, nullable=False),
 )
 
 pools = Table(
@@ -108,9 +140,14 @@ pools = Table(
     Column("tags_key", Text, nullable=False),
     Column("total", Integer, nullable=False),
     Column("free", Integer, nullable=False),
+    # Pools of one key but different kinds (a driver differs) are separate rows.
+    Column("kind_id", Id, ForeignKey("pool_kinds.id"), nullable=True),
+    # Free devices a claim may take now: no IOMMU, PF/VF or group reason against them.
+    Column("usable", Integer, nullable=False, server_default="0"),
     UniqueConstraint("host_id", "key"),
     CheckConstraint("free >= 0 AND free <= total", name="counts"),
     Index(None, "vendor_id", "product_id", "free"),
+    Index(None, "kind_id", "usable", "host_id"),
 )
 
 devices = Table(
@@ -142,10 +179,14 @@ devices = Table(
     # While removed: the state its owner held it in, taken back when it reappears.
     Column("held_state", String(16), nullable=True),
     Column("reserved", Boolean, nullable=False),
-    # The consumer (server) holding it; the claims table comes with the next issue.
+    # The server holding it, and the alias it was claimed for (None for a rider: a group
+    # mate handed out with it).
     Column("owner", String(255), nullable=True),
     Column("pool_id", Id, ForeignKey("pools.id"), nullable=True),
     Column("updated_at", UtcDateTime, nullable=False),
+    Column("owner_alias", String(255), nullable=True),
+    # Why it cannot be handed out now (derived; None when it can, or when a server holds it).
+    Column("reason", Text, nullable=True),
     UniqueConstraint("host_id", "address"),
     CheckConstraint(_in("state", STORED_STATES), name="state"),
     CheckConstraint(f"held_state IS NULL OR {_in('held_state', STORED_STATES)}",
@@ -173,4 +214,123 @@ tokens = Table(
     Column("host", String(253), nullable=True),
     Column("created_at", UtcDateTime, nullable=False),
     CheckConstraint(_in("role", tuple(r.value for r in Role)), name="role"),
+)
+
+
+# --- issue 3: catalog, servers, tasks, quotas, usage ----------------------------------------
+
+aliases = Table(
+    "aliases", metadata,
+    Column("id", Id, primary_key=True),
+    Column("name", String(255), nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("entry", Json, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    UniqueConstraint("name", "position"),
+)
+
+flavors = Table(
+    "flavors", metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(255), nullable=False, unique=True),
+    Column("vcpus", Integer, nullable=False),
+    Column("ram_mb", Integer, nullable=False),
+    Column("disk_gb", Integer, nullable=False),
+    Column("extra_specs", Json, nullable=False),
+    Column("is_public", Boolean, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
+flavor_projects = Table(
+    "flavor_projects", metadata,
+    Column("flavor_id", String(36), ForeignKey("flavors.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("project", String(255), primary_key=True),
+)
+
+images = Table(
+    "images", metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(255), nullable=False),
+    Column("source", Text, nullable=False),
+    Column("properties", Json, nullable=False),
+    # None: public (made by an admin); else private to this project.
+    Column("project", String(255), nullable=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Index(None, "name"),
+)
+
+servers = Table(
+    "servers", metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(255), nullable=False),
+    Column("project", String(255), nullable=False),
+    Column("flavor_id", String(36), nullable=True),
+    Column("flavor_name", String(255), nullable=False),
+    Column("image_id", String(36), nullable=True),
+    Column("image_name", String(255), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("host_id", Id, ForeignKey("hosts.id"), nullable=True),
+    Column("fault", Text, nullable=True),
+    # What it asked for: [[alias, count, soft], ...]; and the soft ones it did not get.
+    Column("requests", Json, nullable=False),
+    Column("not_granted", Json, nullable=False),
+    Column("numa_cells", Json, nullable=False),
+    Column("vcpus", Integer, nullable=False),
+    Column("ram_mb", Integer, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Column("generation", Integer, nullable=False),
+    CheckConstraint(_in("status", tuple(s.value for s in ServerStatus)), name="status"),
+    Index(None, "project", "status"),
+    Index(None, "host_id", "status"),
+    Index(None, "name"),
+)
+
+tasks = Table(
+    "tasks", metadata,
+    Column("id", Id, primary_key=True),
+    Column("host_id", Id, ForeignKey("hosts.id"), nullable=False),
+    Column("server_id", String(36), ForeignKey("servers.id"), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("payload", Json, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("message", Text, nullable=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Column("deadline", UtcDateTime, nullable=True),
+    CheckConstraint(_in("kind", TASK_KINDS), name="kind"),
+    CheckConstraint(_in("state", TASK_STATES), name="state"),
+    Index(None, "host_id", "state"),
+    Index(None, "server_id"),
+)
+
+projects = Table(
+    "projects", metadata,
+    # One row per project that has quotas: the row a claim locks to check them.
+    Column("name", String(255), primary_key=True),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
+quotas = Table(
+    "quotas", metadata,
+    Column("project", String(255), primary_key=True),
+    Column("alias", String(255), primary_key=True),
+    Column("device_limit", Integer, nullable=False),
+    CheckConstraint("device_limit >= 0", name="device_limit"),
+)
+
+usage_records = Table(
+    "usage_records", metadata,
+    Column("id", Id, primary_key=True),
+    Column("project", String(255), nullable=False),
+    Column("alias", String(255), nullable=False),
+    Column("server_id", String(36), nullable=False),
+    Column("host", String(253), nullable=False),
+    Column("address", String(16), nullable=False),
+    Column("started_at", UtcDateTime, nullable=False),
+    # None while the server still holds the device.
+    Column("ended_at", UtcDateTime, nullable=True),
+    Index(None, "project", "started_at"),
+    Index(None, "server_id"),
 )

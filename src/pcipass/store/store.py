@@ -2,34 +2,50 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import select, update
-
-from pcipass.errors import NotFound
+from pcipass.errors import Conflict, Forbidden
 from pcipass.pci.address import PciAddress
+from pcipass.pci.device import PciDevice
 from pcipass.pci.inventory import Inventory
-from pcipass.pci.reconcile import Tracked
 from pcipass.records import (
     DeviceFilter,
     DeviceRecord,
+    FlavorRecord,
     HostRecord,
+    ImageRecord,
     Page,
     PoolRecord,
     Principal,
+    QuotaRecord,
     ReportResult,
     Role,
+    ServerRecord,
+    ServerStatus,
+    UsageRecord,
 )
+from pcipass.sched.fit import Fit, NoFit
+from pcipass.sched.snapshot import HostView
+from pcipass.store import bulk as _bulk
+from pcipass.store import candidates as _candidates
+from pcipass.store import catalog as _catalog
+from pcipass.store import claims as _claims
 from pcipass.store import inventory as _inventory
 from pcipass.store import migrate as _migrate
 from pcipass.store import queries as _queries
+from pcipass.store import servers as _servers
 from pcipass.store import tokens as _tokens
+from pcipass.store import usage as _usage
+from pcipass.store.candidates import Candidate, Counts, Need
+from pcipass.store.claims import Decide, NewServer
+from pcipass.store.derive import change_device, refresh_hosts
 from pcipass.store.engine import Transactions, make_engine
-from pcipass.store.inventory import slot_of
-from pcipass.store.pools import drop_empty_pools, sync_pools
-from pcipass.store.rows import to_record, to_tracked
-from pcipass.store.schema import devices, hosts
+from pcipass.store.facts import FactsCache
+from pcipass.store.hostviews import load_views
+from pcipass.store.kinds import KindCatalog, KindIds
 
 
 def _utcnow() -> datetime:
@@ -37,7 +53,8 @@ def _utcnow() -> datetime:
 
 
 class Store:
-    """Hosts, devices, pools and tokens, on SQLite (default) or PostgreSQL.
+    """Hosts, devices, pools, tokens, the catalog, servers and their claims, quotas and usage,
+    on SQLite (default) or PostgreSQL.
 
     Safe to share between threads and to run in several processes on one database.
     """
@@ -45,6 +62,9 @@ class Store:
     def __init__(self, tx: Transactions, clock: Callable[[], datetime] = _utcnow) -> None:
         self._tx = tx
         self._clock = clock
+        self._kind_ids = KindIds()
+        self._kinds = KindCatalog()
+        self._facts = FactsCache()
 
     @classmethod
     def open(cls, url: str, *, migrate: bool = True,
@@ -54,6 +74,7 @@ class Store:
         try:
             if migrate:
                 _migrate.upgrade(tx)
+                refresh_hosts(tx, KindIds(), clock())
             else:
                 with tx.read():
                     pass  # fail now, not on the first request, when the database is unreachable
@@ -85,7 +106,8 @@ class Store:
         """Replace the host's inventory if ``generation`` is current (None: create the host)."""
         if now.tzinfo is None:
             raise ValueError("now must be an aware datetime")
-        return _inventory.report_inventory(self._tx, host, generation, inventory, now)
+        return _inventory.report_inventory(self._tx, host, generation, inventory, now,
+                                           self._kind_ids)
 
     def list_hosts(self, *, limit: int = 100, marker: str | None = None) -> Page[HostRecord]:
         with self._tx.read() as conn:
@@ -107,27 +129,216 @@ class Store:
     def set_reserved(self, host: str, address: PciAddress, reserved: bool) -> DeviceRecord:
         """Take a device out of service or put it back; its owner, if any, keeps it."""
         with self._tx.write() as conn:
-            host_id = conn.execute(
-                select(hosts.c.id).where(hosts.c.name == host).with_for_update()
-            ).scalar()
-            row = None if host_id is None else conn.execute(
-                select(devices).where(devices.c.host_id == host_id,
-                                      devices.c.address == str(address))
-            ).first()
-            if host_id is None or row is None:
-                raise NotFound(f"host {host} has no device {address}")
-            before = to_tracked(row)
-            if before.reserved == reserved:
-                return to_record(host, before)
-            after = Tracked(before.device, before.state, reserved, before.owner,
-                            before.held_state)
-            sync_pools(conn, host_id, [(slot_of(before), slot_of(after))])
-            conn.execute(update(devices).where(devices.c.id == row.id)
-                         .values(reserved=reserved, updated_at=self._clock()))
-            drop_empty_pools(conn, host_id)
-            return to_record(host, after)
+            return change_device(conn, host, address,
+                                 lambda t: replace(t, reserved=reserved),
+                                 self._kind_ids, self._clock())
 
     def list_pools(self, *, host: str | None = None, limit: int = 100,
                    marker: str | None = None) -> Page[PoolRecord]:
         with self._tx.read() as conn:
             return _queries.list_pools(conn, host, limit, marker)
+
+    # --- aliases, flavors, images -----------------------------------------------------------
+
+    def alias_entries(self) -> list[dict[str, Any]]:
+        with self._tx.read() as conn:
+            return _catalog.alias_entries(conn)
+
+    def add_aliases(self, entries: Sequence[dict[str, Any]],
+                    check: Callable[[list[dict[str, Any]]], None]) -> None:
+        """Append alias entries; ``check`` sees every stored entry plus the new ones, and
+        raises to refuse them (nothing is written)."""
+        with self._tx.write() as conn:
+            check([*_catalog.alias_entries(conn), *entries])
+            _catalog.add_alias_entries(conn, entries, self._clock())
+
+    def delete_alias(self, name: str, check: Callable[[tuple[FlavorRecord, ...]], None]
+                     ) -> bool:
+        """Delete the stored entries of ``name`` unless ``check`` (shown every flavor) raises;
+        False when there were none."""
+        with self._tx.write() as conn:
+            _catalog.lock_alias(conn, name)
+            check(_catalog.list_flavors(conn, None))
+            return _catalog.delete_alias(conn, name) > 0
+
+    def create_flavor(self, *, name: str, vcpus: int, ram_mb: int, disk_gb: int,
+                      extra_specs: dict[str, str], is_public: bool, projects: Sequence[str],
+                      check: Callable[[list[dict[str, Any]]], None]) -> FlavorRecord:
+        """``check`` sees the stored alias entries (held against deletion meanwhile)."""
+        with self._tx.write() as conn:
+            check(_catalog.alias_entries(conn, share_lock=True))
+            return _catalog.create_flavor(
+                conn, name=name, vcpus=vcpus, ram_mb=ram_mb, disk_gb=disk_gb,
+                extra_specs=extra_specs, is_public=is_public, projects=projects,
+                now=self._clock())
+
+    def list_flavors(self, *, project: str | None = None) -> tuple[FlavorRecord, ...]:
+        """All flavors, or those ``project`` may use (public or shared with it)."""
+        with self._tx.read() as conn:
+            return _catalog.list_flavors(conn, project)
+
+    def get_flavor(self, ref: str, *, project: str | None = None) -> FlavorRecord:
+        with self._tx.read() as conn:
+            return _catalog.find_flavor(conn, ref, project)
+
+    def delete_flavor(self, ref: str) -> None:
+        with self._tx.write() as conn:
+            _catalog.delete_flavor(conn, _catalog.find_flavor(conn, ref, None).id)
+
+    def set_flavor_access(self, ref: str, *, add: Sequence[str],
+                          remove: Sequence[str]) -> FlavorRecord:
+        with self._tx.write() as conn:
+            flavor = _catalog.find_flavor(conn, ref, None)
+            if flavor.is_public:
+                raise Conflict(f"flavor {flavor.name!r} is public: every project may use it",
+                               field="flavor")
+            _catalog.set_flavor_access(conn, flavor.id, add, remove)
+            return _catalog.find_flavor(conn, flavor.id, None)
+
+    def create_image(self, *, name: str, source: str, properties: dict[str, str],
+                     project: str | None) -> ImageRecord:
+        with self._tx.write() as conn:
+            return _catalog.create_image(conn, name=name, source=source,
+                                         properties=properties, project=project,
+                                         now=self._clock())
+
+    def list_images(self, *, project: str | None = None) -> tuple[ImageRecord, ...]:
+        with self._tx.read() as conn:
+            return _catalog.list_images(conn, project)
+
+    def get_image(self, ref: str, *, project: str | None = None) -> ImageRecord:
+        with self._tx.read() as conn:
+            return _catalog.find_image(conn, ref, project)
+
+    def delete_image(self, ref: str, *, project: str | None = None) -> ImageRecord:
+        """Delete an image ``project`` may see (any when None); a member may only delete its
+        own project's (Forbidden for a public one)."""
+        with self._tx.write() as conn:
+            image = _catalog.find_image(conn, ref, project)
+            if project is not None and image.project != project:
+                raise Forbidden(f"image {image.name!r} is public: only an admin may delete it",
+                                field="image")
+            _catalog.delete_image(conn, image.id)
+            return image
+
+    # --- scheduling ---------------------------------------------------------------------
+
+    def kinds(self) -> dict[int, PciDevice]:
+        """An example device of every pool kind, by kind id (cached; see store.kinds)."""
+        with self._tx.read() as conn:
+            self._kinds.refresh(conn)
+        return self._kinds.examples
+
+    def candidates(self, needs: Sequence[Need], vcpus: int, ram_mb: int, *, spread: bool,
+                   limit: int, offset: int = 0) -> list[Candidate]:
+        """One page of the hosts that pass the SQL narrowing, best first."""
+        with self._tx.read() as conn:
+            return _candidates.candidates(conn, needs, vcpus, ram_mb, spread=spread,
+                                          limit=limit, offset=offset)
+
+    def passes(self, needs: Sequence[Need], vcpus: int, ram_mb: int, host_id: int) -> bool:
+        """Whether the host passes the SQL narrowing now."""
+        with self._tx.read() as conn:
+            return bool(_candidates.candidates(conn, needs, vcpus, ram_mb, spread=False,
+                                               limit=1, only=host_id))
+
+    def placement_counts(self, needs: Sequence[Need], vcpus: int, ram_mb: int) -> Counts:
+        """How many hosts fail which check first (for explanations)."""
+        with self._tx.read() as conn:
+            return _candidates.counts(conn, needs, vcpus, ram_mb)
+
+    def host_verdict_codes(self, needs: Sequence[Need], vcpus: int, ram_mb: int, limit: int
+                           ) -> list[tuple[int, str, int]]:
+        with self._tx.read() as conn:
+            return _candidates.host_codes(conn, needs, vcpus, ram_mb, limit)
+
+    def host_views(self, host_ids: Sequence[int]) -> list[HostView]:
+        with self._tx.read() as conn:
+            return load_views(conn, host_ids, self._facts)
+
+    # --- servers --------------------------------------------------------------------------
+
+    def claim(self, server: NewServer, host_id: int, decide: Decide, *,
+                accept: Callable[[Fit], bool] | None = None) -> ServerRecord | Fit | NoFit:
+        """Place ``server`` on the host in one transaction if ``decide`` finds it fits the
+        host's devices as they are now (and ``accept`` takes that fit); otherwise nothing is
+        written and the verdict comes back. See :mod:`pcipass.store.claims`."""
+        with self._tx.write() as conn:
+            return _claims.claim(conn, server, host_id, decide, self._kind_ids, self._facts,
+                                 self._clock(), accept)
+
+    def record_failure(self, server: NewServer, fault: str) -> ServerRecord:
+        with self._tx.write() as conn:
+            return _claims.record_failure(conn, server, fault, self._clock())
+
+    def get_server(self, ref: str, *, project: str | None = None) -> ServerRecord:
+        with self._tx.read() as conn:
+            return _servers.find_server(conn, ref, project)
+
+    def list_servers(self, *, project: str | None = None, host: str | None = None,
+                     status: ServerStatus | None = None, limit: int = 100,
+                     marker: str | None = None) -> Page[ServerRecord]:
+        with self._tx.read() as conn:
+            return _servers.list_servers(conn, project=project, host=host, status=status,
+                                         limit=limit, marker=marker)
+
+    def delete_server(self, server_id: str) -> ServerRecord:
+        """Free what the server holds and mark it DELETED; idempotent."""
+        with self._tx.write() as conn:
+            return _claims.release(conn, server_id, ServerStatus.DELETED, None,
+                                   self._kind_ids, self._facts, self._clock())
+
+    def complete_spawn(self, server_id: str) -> ServerRecord:
+        """The host started the server: devices allocated, ACTIVE, metering starts."""
+        with self._tx.write() as conn:
+            return _claims.complete_spawn(conn, server_id, self._kind_ids, self._facts,
+                                          self._clock())
+
+    def fail_spawn(self, server_id: str, message: str) -> ServerRecord:
+        """The host could not start the server: claims freed, ERROR with the message."""
+        with self._tx.write() as conn:
+            server = _servers.get_server(conn, server_id)
+            if server.status is not ServerStatus.BUILDING:
+                raise Conflict(f"server {server_id} is {server.status.value}, not BUILDING",
+                               field="server")
+            return _claims.release(conn, server_id, ServerStatus.ERROR, message,
+                                   self._kind_ids, self._facts, self._clock())
+
+    # --- quotas and usage -------------------------------------------------------------------
+
+    def check_quota(self, project: str, asked: Mapping[str, int]) -> None:
+        """Raise QuotaExceeded if ``asked`` would take ``project`` over a limit (a pre-check;
+        the claim checks again under a lock)."""
+        with self._tx.read() as conn:
+            _usage.check_quota(conn, project, asked, lock=False)
+
+    def quota_headroom(self, project: str, aliases: Sequence[str]) -> dict[str, int]:
+        """For aliases with a quota: how many more devices ``project`` may take."""
+        with self._tx.read() as conn:
+            limits = _usage.limits(conn, project, aliases)
+            held = _usage.held_per_alias(conn, project, list(limits)) if limits else {}
+        return {a: max(0, n - held.get(a, 0)) for a, n in limits.items()}
+
+    def set_quota(self, project: str, alias: str, limit: int) -> QuotaRecord:
+        with self._tx.write() as conn:
+            return _usage.set_quota(conn, project, alias, limit, self._clock())
+
+    def list_quotas(self, *, project: str | None = None) -> tuple[QuotaRecord, ...]:
+        with self._tx.read() as conn:
+            return _usage.list_quotas(conn, project)
+
+    def delete_quota(self, project: str, alias: str) -> None:
+        with self._tx.write() as conn:
+            _usage.delete_quota(conn, project, alias)
+
+    def usage(self, *, project: str | None, start: datetime, end: datetime
+              ) -> tuple[UsageRecord, ...]:
+        with self._tx.read() as conn:
+            return _usage.usage(conn, project, start, end, self._clock())
+
+    # --- bulk -------------------------------------------------------------------------------
+
+    def load_hosts(self, fleet: Sequence[tuple[str, Inventory]], *, now: datetime) -> int:
+        """Create many new hosts at once (benchmarks and tests; agents report one by one).
+        Returns how many devices were written."""
+        return _bulk.load_hosts(self._tx, self._kind_ids, fleet, now)

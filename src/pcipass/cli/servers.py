@@ -1,0 +1,181 @@
+"""Client commands for servers and the scheduler's explanations.
+
+Servers are named by name or id everywhere: the server resolves either. A boot that ends in
+``ERROR`` prints the server (with its fault) and exits 1, as ``openstack server create --wait``
+does, so a script notices; a refused boot (quota, image, permissions) is an API error, exit 1.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Protocol
+
+import typer
+
+from pcipass.cli import render
+from pcipass.cli.client import JSON, ApiClient, fault_message, server_record
+from pcipass.cli.common import (
+    DEFAULT_URL,
+    EXIT_ERROR,
+    JsonOpt,
+    TokenOpt,
+    UrlOpt,
+    console,
+    fail,
+    print_json,
+    reported,
+)
+from pcipass.records import ServerStatus
+
+server_app = typer.Typer(help="Servers: boot with devices, look, delete.", no_args_is_help=True)
+
+ServerArg = Annotated[str, typer.Argument(help="Server name or id.")]
+DEFAULT_WAIT_S = 300.0
+POLL_S = 0.5
+
+
+def settled(server: Mapping[str, Any]) -> bool:
+    """Whether ``--wait`` may stop: the server left BUILDING, or it is placed (has its host,
+    its devices claimed). Until hosts' agents run spawn tasks a placed server stays BUILDING,
+    so placement is as far as a boot gets; once agents start servers, drop the second half."""
+    return server.get("status") != ServerStatus.BUILDING.value or server.get("host") is not None
+
+
+class ServerSource(Protocol):
+    def server(self, ref: str) -> JSON: ...
+
+
+def wait_for(client: ServerSource, server: JSON, *, timeout: float, poll: float = POLL_S,
+             clock: Callable[[], float] = time.monotonic,
+             sleep: Callable[[float], None] = time.sleep) -> tuple[JSON, bool]:
+    """Poll until :func:`settled` or ``timeout``; the last state seen and whether it settled."""
+    deadline = clock() + timeout
+    while not settled(server):
+        if clock() >= deadline:
+            return server, False
+        sleep(poll)
+        server = client.server(str(server["id"]))
+    return server, True
+
+
+def placement_line(obj: Mapping[str, Any]) -> str:
+    """One sentence on where a boot stands, for people (``--json`` prints the server)."""
+    s = server_record(obj)
+    if s.status is ServerStatus.ERROR:
+        return f"server {s.name} is ERROR: {s.fault or 'no fault recorded'}"
+    where = f" on {s.host}" if s.host else ""
+    devices = ", ".join(f"{d.address} ({d.alias or 'group mate'}, {d.state.value})"
+                        for d in s.devices)
+    held = f": {devices}" if devices else ", no PCI devices"
+    line = f"server {s.name} is {s.status.value}{where}{held}"
+    if s.not_granted:
+        line += f"; preferred but not granted: {', '.join(s.not_granted)}"
+    return line
+
+
+def _print_server(obj: JSON, as_json: bool) -> None:
+    if as_json:
+        print_json(obj)
+        return
+    console().print(render.server_view(server_record(obj)))
+
+
+@server_app.command("create")
+def server_create(
+    name: Annotated[str, typer.Argument(help="Server name.")],
+    flavor: Annotated[str, typer.Option("--flavor", help="Flavor name or id.")],
+    image: Annotated[str, typer.Option("--image", help="Image name or id.")],
+    project: Annotated[str | None, typer.Option(
+        "--project", help="Boot in this project (admin only; members boot in their own).",
+        show_default=False)] = None,
+    wait: Annotated[bool, typer.Option(
+        "--wait", help="Wait until the server is placed or leaves BUILDING.")] = False,
+    timeout: Annotated[float, typer.Option(
+        "--timeout", min=0.0, help="Seconds --wait waits at most.")] = DEFAULT_WAIT_S,
+    url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Boot a server: the scheduler picks a host and claims its devices, or explains why not."""
+    with reported(), ApiClient(url, token) as client:
+        obj = client.create_server(name=name, flavor=flavor, image=image, project=project)
+        done = True
+        if wait:
+            obj, done = wait_for(client, obj, timeout=timeout)
+    _print_server(obj, as_json)
+    if not as_json:
+        console().print(placement_line(obj), highlight=False)
+    if not done:
+        fail(f"server {obj.get('name')} is still {obj.get('status')} after {timeout:g}s")
+    if obj.get("status") == ServerStatus.ERROR.value:
+        fail(f"server {obj.get('name')} could not be booted: "
+             f"{fault_message(obj) or 'no fault recorded'}", EXIT_ERROR)
+
+
+@server_app.command("list")
+def server_list(
+    host: Annotated[str | None, typer.Option("--host", help="Only servers on this host.",
+                                             show_default=False)] = None,
+    status: Annotated[ServerStatus | None, typer.Option(
+        "--status", case_sensitive=False, show_default=False)] = None,
+    project: Annotated[str | None, typer.Option("--project", help="Only this project (admin).",
+                                                show_default=False)] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, max=1000,
+                                              help="Page size asked of the server.")] = None,
+    marker: Annotated[str | None, typer.Option(
+        "--marker", help="Start after this marker (a previous --json listing's 'next').",
+        show_default=False)] = None,
+    all_pages: Annotated[bool, typer.Option(
+        "--all/--no-all", help="Follow 'next' markers and fetch every page.")] = True,
+    url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """List servers (a member sees its project's)."""
+    params = [(k, v) for k, v in (("host", host), ("status", status.value if status else None),
+                                  ("project", project)) if v is not None]
+    with reported(), ApiClient(url, token) as client:
+        listing = client.servers(params, limit=limit, marker=marker, all_pages=all_pages)
+    if as_json:
+        print_json({"servers": listing.items, "next": listing.next})
+        return
+    console().print(render.servers_table([server_record(s) for s in listing.items]))
+    if listing.next:
+        console(stderr=True).print(f"more follow: --marker {listing.next}", highlight=False)
+
+
+@server_app.command("show")
+def server_show(server: ServerArg, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
+                as_json: JsonOpt = False) -> None:
+    """Show a server: its host, devices (address, alias, state), what was not granted, fault."""
+    with reported(), ApiClient(url, token) as client:
+        obj = client.server(server)
+    _print_server(obj, as_json)
+
+
+@server_app.command("delete")
+def server_delete(
+    server: ServerArg,
+    force: Annotated[bool, typer.Option("--force", help="Delete even if the host cannot be "
+                                        "told (frees the claims at once).")] = False,
+    url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Delete a server; its devices are freed."""
+    with reported(), ApiClient(url, token) as client:
+        obj = client.delete_server(server, force=force)
+    _print_server(obj, as_json)
+
+
+def explain_command(
+    flavor: Annotated[str, typer.Option("--flavor", help="Flavor name or id.")],
+    image: Annotated[str | None, typer.Option("--image", help="Image name or id.",
+                                              show_default=False)] = None,
+    project: Annotated[str | None, typer.Option(
+        "--project", help="Judge as a boot in this project would be.",
+        show_default=False)] = None,
+    url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Whether a boot of this flavor (and image) fits now, and each host's verdict (admin)."""
+    with reported(), ApiClient(url, token) as client:
+        obj = client.explain(flavor=flavor, image=image, project=project)
+    if as_json:
+        print_json(obj)
+        return
+    console().print(render.explain_view(obj))

@@ -1,0 +1,228 @@
+"""Placing a boot: narrow in SQL, fit in Python, claim in one transaction, retry on races.
+
+1. The boot's hard PCI requests become :class:`~pcipass.store.candidates.Need` s (the pool
+   kinds their alias matches); the store returns the hosts that pass, best first, a page
+   at a time, as host views.
+2. ``sched.fit`` judges them in that order; a fit that grants every soft request with no
+   device off the guest's NUMA nodes ends the search (the SQL order is the weigher's),
+   otherwise up to ``candidates`` fits are ranked with ``sched.weigh``.
+3. The best is claimed (:meth:`pcipass.store.Store.claim`), which re-runs ``fit`` on the
+   host's devices as they are under its lock. A host that no longer fits there (another
+   worker took its last device) is a lost race: the next candidate is tried, up to
+   ``max_attempts`` claims, and only then does the boot fail, saying so.
+
+Soft requests: a first pass asks for them as if hard, so a host that can grant them all is
+found even when it ranks low on the hard ones; the second pass asks for the hard ones only
+and grants what the chosen host can.
+
+When nothing fits, the fault counts hosts per reason: the SQL counts for the many hosts the
+narrowing left out, and ``fit``'s verdicts for the ones it let through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from itertools import chain, repeat
+
+from pcipass.errors import ClaimConflict
+from pcipass.pci.device import PciDevice
+from pcipass.pci.request import PciRequest
+from pcipass.records import ServerRecord
+from pcipass.sched.explain import explain
+from pcipass.sched.fit import Fit, NoFit, NoFitCode, fit
+from pcipass.sched.snapshot import BootRequest, HostView
+from pcipass.sched.weigh import WeighPolicy, weigh
+from pcipass.store import Store
+from pcipass.store.candidates import Counts, Need
+from pcipass.store.claims import NewServer
+
+# Hosts judged with ``fit`` per pass at most: past this, a boot that passes the SQL
+# narrowing everywhere but fits nowhere is refused, saying how many were not judged.
+MAX_EXAMINED = 256
+
+
+def needs(requests: Sequence[PciRequest], kinds: Mapping[int, PciDevice]) -> list[Need]:
+    """Per request, the pool kinds its alias matches (an alias matches a kind wholly)."""
+    return [Need(frozenset(k for k, dev in kinds.items() if r.matches(dev)), r.count)
+            for r in requests]
+
+
+def count_verdicts(req: BootRequest, counts: Counts) -> Iterator[NoFit]:
+    """The SQL counts as ``fit``'s verdicts would read (``sched.explain`` words them)."""
+    for r, n in zip(req.hard, counts.lack, strict=True):
+        s = "s" if r.count > 1 else ""
+        yield from repeat(NoFit("", NoFitCode.PCI_COUNT, f"lacks {r.count} free {r.alias!r} "
+                                f"device{s}", f"lack {r.count} free {r.alias!r} device{s}"), n)
+    yield from repeat(NoFit("", NoFitCode.VCPUS, "lacks vCPUs", "lack vCPUs"), counts.vcpus)
+    yield from repeat(NoFit("", NoFitCode.RAM, "lacks RAM", "lack RAM"), counts.ram)
+
+
+def _perfect(f: Fit, req: BootRequest) -> bool:
+    return f.granted_soft == len(req.soft) and f.remote == 0
+
+
+def as_hard(req: BootRequest) -> BootRequest:
+    return replace(req, pci=tuple(replace(r, soft=False) for r in req.pci))
+
+
+def hard_only(req: BootRequest) -> BootRequest:
+    return replace(req, pci=req.hard)
+
+
+# Verdicts under the claim's lock that a race may explain: the SQL narrowing, a moment
+# before, counted enough free devices, vCPUs and RAM on that host. It was a race if the
+# host no longer passes the narrowing (else the narrowing's counts were only too kind: a
+# VF in one IOMMU group with its PF counts in SQL, not in ``fit``).
+RACE_CODES = frozenset({NoFitCode.PCI_COUNT, NoFitCode.VCPUS, NoFitCode.RAM})
+
+
+@dataclass
+class Outcome:
+    """What one pass found: the server, or why not."""
+
+    server: ServerRecord | None = None
+    verdicts: list[NoFit] = field(default_factory=list)
+    examined: int = 0
+    capped: bool = False
+
+
+@dataclass
+class Placer:
+    """One boot's search (see the module). Candidate hosts come in the weigher's order; the
+    first is claimed straight away, its fit judged under the claim's lock, and kept only if
+    nothing could beat it (every soft request granted, no device off the guest's NUMA
+    nodes). Otherwise hosts are judged from reads, up to ``window`` fits are ranked with
+    ``sched.weigh``, and the best claimed. A claim that finds the host emptied by another
+    boot meanwhile is a lost race: the candidates are read again, up to ``max_attempts``
+    races."""
+
+    store: Store
+    policy: WeighPolicy
+    max_attempts: int
+    window: int
+    attempts: int = 0
+    lost: list[str] = field(default_factory=list)
+
+    def place(self, server: NewServer, req: BootRequest) -> ServerRecord:
+        kinds = self.store.kinds()
+        passes = [as_hard(req), req] if req.soft else [req]
+        outcome = Outcome()
+        for pass_req in passes:
+            outcome = self.attempt(server, pass_req, needs(pass_req.hard, kinds))
+            if outcome.server is not None:
+                return outcome.server
+            if self.out_of_attempts:
+                break
+        final = passes[-1]
+        return self.store.record_failure(server, self.fault(final, needs(final.hard, kinds),
+                                                            outcome))
+
+    @property
+    def out_of_attempts(self) -> bool:
+        return self.attempts >= self.max_attempts
+
+    def attempt(self, server: NewServer, req: BootRequest, need: Sequence[Need]) -> Outcome:
+        out = Outcome()
+        seen: set[int] = set()
+        buffer: list[tuple[int, Fit]] = []
+
+        def decide(view: HostView) -> Fit | NoFit:
+            return fit(view, req)
+
+        def perfect(f: Fit) -> bool:
+            return _perfect(f, req)
+
+        while not self.out_of_attempts:
+            limit = self.window + len(seen)
+            page = self.store.candidates(need, req.vcpus, req.ram_mb,
+                                         spread=self.policy is WeighPolicy.SPREAD,
+                                         limit=limit)
+            fresh = [c for c in page if c.host_id not in seen][:self.window]
+            if not fresh:
+                break
+            raced = False
+            for c in fresh:
+                if out.examined >= MAX_EXAMINED:
+                    out.capped = True
+                    break
+                seen.add(c.host_id)
+                out.examined += 1
+                if not buffer:
+                    got = self.store.claim(server, c.host_id, decide, accept=perfect)
+                    if isinstance(got, ServerRecord):
+                        out.server = got
+                        return out
+                    if isinstance(got, NoFit):
+                        out.verdicts.append(got)
+                        if got.code in RACE_CODES and not self.store.passes(
+                                need, req.vcpus, req.ram_mb, c.host_id):
+                            self.race(got.host)   # it passed the narrowing a moment ago
+                            raced = True
+                            break
+                        continue
+                    found = got
+                else:
+                    views = self.store.host_views([c.host_id])
+                    if not views:
+                        continue
+                    verdict = fit(views[0], req)
+                    if isinstance(verdict, NoFit):
+                        out.verdicts.append(verdict)
+                        continue
+                    found = verdict
+                buffer.append((c.host_id, found))
+                if perfect(found) or len(buffer) >= self.window:
+                    if self.claim_best(server, req, buffer, out):
+                        return out
+                    buffer = []
+                    raced = True
+                    break
+            if out.capped or (not raced and len(page) < limit):
+                break
+        if buffer and not self.out_of_attempts:
+            self.claim_best(server, req, buffer, out)
+        return out
+
+    def race(self, host: str) -> None:
+        self.attempts += 1
+        self.lost.append(host)
+
+    def claim_best(self, server: NewServer, req: BootRequest,
+                   fits: list[tuple[int, Fit]], out: Outcome) -> bool:
+        ids = {f.host: host_id for host_id, f in fits}
+
+        def decide(view: HostView) -> Fit | NoFit:
+            return fit(view, req)
+
+        for best in weigh((f for _i, f in fits), self.policy):
+            if self.out_of_attempts:
+                return False
+            try:
+                got = self.store.claim(server, ids[best.host], decide)
+            except ClaimConflict:
+                self.race(best.host)
+                continue
+            if isinstance(got, NoFit):
+                out.verdicts.append(got)
+                self.race(best.host)
+                continue
+            if isinstance(got, ServerRecord):
+                out.server = got
+                return True
+        return False
+
+    def fault(self, req: BootRequest, need: Sequence[Need], out: Outcome) -> str:
+        if self.out_of_attempts:
+            hosts = ", ".join(dict.fromkeys(self.lost))
+            return (f"No host could be claimed for {req.describe()}: other boots took the "
+                    f"devices first on {len(self.lost)} "
+                    f"{'host' if len(self.lost) == 1 else 'hosts'} ({hosts}); gave up after "
+                    f"{self.max_attempts} attempts")
+        counts = self.store.placement_counts(need, req.vcpus, req.ram_mb)
+        message = explain(chain(count_verdicts(req, counts), out.verdicts), req)
+        unjudged = counts.passed - out.examined
+        if out.capped and unjudged > 0:
+            message += (f"; {unjudged} more {'host' if unjudged == 1 else 'hosts'} with "
+                        f"enough free devices were not examined (limit {MAX_EXAMINED})")
+        return message

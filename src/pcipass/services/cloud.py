@@ -1,0 +1,232 @@
+"""The :class:`Cloud` facade: one method per API use case, the caller's principal first.
+
+Every method checks the caller's role and project itself (:mod:`pcipass.services.access`),
+parses its input once, and leaves the writing to the store. ``ref`` parameters take a name
+or an id.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+
+from pcipass.config import Settings
+from pcipass.errors import InvalidInput, NotFound
+from pcipass.pci.alias import Alias
+from pcipass.pci.request import PciRequest, numa_node_count, pci_requests
+from pcipass.records import (
+    FlavorRecord,
+    ImageRecord,
+    Page,
+    Principal,
+    QuotaRecord,
+    ServerRecord,
+    ServerStatus,
+    UsageRecord,
+)
+from pcipass.sched.snapshot import BootRequest
+from pcipass.sched.weigh import WeighPolicy
+from pcipass.services import catalog
+from pcipass.services.access import acting_project, admin, tenant
+from pcipass.services.boot import Placer
+from pcipass.services.explain import Explanation, explain_boot
+from pcipass.store import Store
+from pcipass.store.claims import NewServer
+
+# The project an admin's boots land in when it names none.
+ADMIN_PROJECT = "admin"
+
+
+class Cloud:
+    """Aliases, flavors, images, servers, quotas and usage over one store."""
+
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self.aliases = catalog.Aliases(store, settings.pci.alias)
+        self.policy = WeighPolicy(settings.scheduler.weigher)
+
+    # --- aliases ------------------------------------------------------------------------
+
+    def create_aliases(self, p: Principal, body: object) -> tuple[Alias, ...]:
+        """One Nova alias dict or a list; entries join those of the same name."""
+        admin(p, "create aliases")
+        return self.aliases.create(body)
+
+    def list_aliases(self, p: Principal) -> tuple[Alias, ...]:
+        found = self.aliases.all()
+        return tuple(found[n] for n in sorted(found))
+
+    def get_alias(self, p: Principal, name: str) -> Alias:
+        return self.aliases.get(name)
+
+    def delete_alias(self, p: Principal, name: str) -> None:
+        admin(p, "delete aliases")
+        self.aliases.delete(name)
+
+    # --- flavors ------------------------------------------------------------------------
+
+    def create_flavor(self, p: Principal, *, name: str, vcpus: int, ram_mb: int, disk_gb: int,
+                      extra_specs: dict[str, str], is_public: bool = True,
+                      projects: Sequence[str] = ()) -> FlavorRecord:
+        admin(p, "create flavors")
+        return catalog.create_flavor(self.store, self.aliases, name=name, vcpus=vcpus,
+                                     ram_mb=ram_mb, disk_gb=disk_gb, extra_specs=extra_specs,
+                                     is_public=is_public, projects=projects)
+
+    def list_flavors(self, p: Principal) -> tuple[FlavorRecord, ...]:
+        return self.store.list_flavors(project=tenant(p, "list flavors"))
+
+    def get_flavor(self, p: Principal, ref: str) -> FlavorRecord:
+        return self.store.get_flavor(ref, project=tenant(p, "read flavors"))
+
+    def delete_flavor(self, p: Principal, ref: str) -> None:
+        admin(p, "delete flavors")
+        self.store.delete_flavor(ref)
+
+    def set_flavor_access(self, p: Principal, ref: str, *, add: Sequence[str] = (),
+                          remove: Sequence[str] = ()) -> FlavorRecord:
+        admin(p, "change flavor access")
+        added = [catalog.check_name(x, "project", "add") for x in add]
+        removed = [catalog.check_name(x, "project", "remove") for x in remove]
+        return self.store.set_flavor_access(ref, add=added, remove=removed)
+
+    # --- images -------------------------------------------------------------------------
+
+    def create_image(self, p: Principal, *, name: str, source: str,
+                     properties: dict[str, str]) -> ImageRecord:
+        """An admin's image is public; a member's is private to its project."""
+        return catalog.create_image(self.store, name=name, source=source,
+                                    properties=properties,
+                                    project=tenant(p, "create images"))
+
+    def list_images(self, p: Principal) -> tuple[ImageRecord, ...]:
+        return self.store.list_images(project=tenant(p, "list images"))
+
+    def get_image(self, p: Principal, ref: str) -> ImageRecord:
+        return self.store.get_image(ref, project=tenant(p, "read images"))
+
+    def delete_image(self, p: Principal, ref: str) -> None:
+        self.store.delete_image(ref, project=tenant(p, "delete images"))
+
+    # --- servers ------------------------------------------------------------------------
+
+    def create_server(self, p: Principal, *, name: str, flavor: str, image: str,
+                      project: str | None = None) -> ServerRecord:
+        """BUILDING with devices claimed and a spawn task queued, or ERROR saying why no host
+        fits. Refused outright (nothing created): an unknown or hidden flavor or image, an
+        image that cannot drive an alias asked for, a boot over quota."""
+        proj = acting_project(p, project, "create servers", admin_default=ADMIN_PROJECT)
+        assert proj is not None
+        catalog.check_name(name, "server")
+        scope = tenant(p, "create servers")
+        fl = self.store.get_flavor(flavor, project=scope)
+        im = self.store.get_image(image, project=scope)
+        req, dropped = self._request(fl, im, proj)
+        server = NewServer(
+            id=str(uuid.uuid4()), name=name, project=proj, flavor_id=fl.id,
+            flavor_name=fl.name, image_id=im.id, image_name=im.name, vcpus=fl.vcpus,
+            ram_mb=fl.ram_mb,
+            requests=tuple((r.alias, r.count, r.soft) for r in (*req.pci, *dropped)),
+            not_granted=tuple(str(r) for r in dropped),
+            payload={"image": {"id": im.id, "name": im.name, "source": im.source},
+                     "flavor": {"id": fl.id, "name": fl.name, "disk_gb": fl.disk_gb}})
+        placer = Placer(self.store, self.policy, self.settings.scheduler.max_attempts,
+                        self.settings.scheduler.candidates)
+        return placer.place(server, req)
+
+    def _request(self, fl: FlavorRecord, im: ImageRecord, project: str | None
+                 ) -> tuple[BootRequest, tuple[PciRequest, ...]]:
+        """The boot's demands; with a project, soft requests its quota cannot cover are
+        dropped (returned apart) and hard ones over quota refused."""
+        pci = pci_requests(fl.extra_specs, im.properties, self.aliases.all(), image=im.name)
+        nodes = numa_node_count(fl.extra_specs, im.properties, vcpus=fl.vcpus,
+                                ram_mb=fl.ram_mb, image=im.name)
+        dropped: list[PciRequest] = []
+        if project is not None and pci:
+            hard: dict[str, int] = {}
+            for r in pci:
+                if not r.soft:
+                    hard[r.alias] = hard.get(r.alias, 0) + r.count
+            self.store.check_quota(project, hard)
+            room = self.store.quota_headroom(project, sorted({r.alias for r in pci if r.soft}))
+            room = {a: n - hard.get(a, 0) for a, n in room.items()}
+            kept: list[PciRequest] = []
+            for r in pci:
+                if r.soft and r.alias in room:
+                    if r.count > room[r.alias]:
+                        dropped.append(r)
+                        continue
+                    room[r.alias] -= r.count
+                kept.append(r)
+            pci = tuple(kept)
+        return BootRequest(fl.vcpus, fl.ram_mb, nodes, pci), tuple(dropped)
+
+    def list_servers(self, p: Principal, *, host: str | None = None,
+                     status: ServerStatus | None = None, project: str | None = None,
+                     limit: int = 100, marker: str | None = None) -> Page[ServerRecord]:
+        scope = acting_project(p, project, "list servers")
+        return self.store.list_servers(project=scope, host=host, status=status, limit=limit,
+                                       marker=marker)
+
+    def get_server(self, p: Principal, ref: str) -> ServerRecord:
+        return self.store.get_server(ref, project=tenant(p, "read servers"))
+
+    def delete_server(self, p: Principal, ref: str, *, force: bool = False) -> ServerRecord:
+        """Free the server's claims at once and mark it DELETED (idempotent). ``force`` will
+        matter once the agent destroys servers (issue 4)."""
+        server = self.store.get_server(ref, project=tenant(p, "delete servers"))
+        return self.store.delete_server(server.id)
+
+    # --- scheduler ----------------------------------------------------------------------
+
+    def explain(self, p: Principal, *, flavor: str, image: str | None = None,
+                project: str | None = None) -> Explanation:
+        """Would a boot of this flavor (and image) fit now, where, and why not elsewhere."""
+        admin(p, "ask the scheduler to explain")
+        fl = self.store.get_flavor(flavor)
+        im = (self.store.get_image(image) if image is not None
+              else ImageRecord(id="", name="", source="", properties={}))
+        req, _dropped = self._request(fl, im, None)
+        return explain_boot(self.store, req, self.policy)
+
+    # --- quotas and usage ---------------------------------------------------------------
+
+    def set_quota(self, p: Principal, *, project: str, alias: str, limit: int) -> QuotaRecord:
+        admin(p, "set quotas")
+        catalog.check_name(project, "project", "project")
+        if alias not in self.aliases.all():
+            raise NotFound(f"alias {alias!r} not found", field="alias")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise InvalidInput("a quota limit is a whole number of devices, 0 or more",
+                               field="limit")
+        return self.store.set_quota(project, alias, limit)
+
+    def list_quotas(self, p: Principal, *, project: str | None = None
+                    ) -> tuple[QuotaRecord, ...]:
+        return self.store.list_quotas(project=acting_project(p, project, "read quotas"))
+
+    def delete_quota(self, p: Principal, *, project: str, alias: str) -> None:
+        admin(p, "delete quotas")
+        self.store.delete_quota(project, alias)
+
+    def usage(self, p: Principal, *, project: str | None, start: datetime,
+              end: datetime) -> tuple[UsageRecord, ...]:
+        """Device-seconds per project and alias within [start, end]."""
+        scope = acting_project(p, project, "read usage")
+        if start.tzinfo is None or end.tzinfo is None:
+            raise InvalidInput("start and end need a time zone", field="start")
+        if end <= start:
+            raise InvalidInput("end must be after start", field="end")
+        return self.store.usage(project=scope, start=start, end=end)
+
+    # --- for the agent (issue 4) ----------------------------------------------------------
+
+    def complete_spawn(self, server_id: str) -> ServerRecord:
+        """The host started the server: devices allocated, ACTIVE, metering starts."""
+        return self.store.complete_spawn(server_id)
+
+    def fail_spawn(self, server_id: str, message: str) -> ServerRecord:
+        """The host could not start it: claims freed, ERROR with ``message`` as the fault."""
+        return self.store.fail_spawn(server_id, message)

@@ -1,0 +1,290 @@
+"""Claims: a server takes concrete devices on one host, and gives them back.
+
+A claim is ONE transaction that cannot hand a device to two servers:
+
+1. lock the host row (``SELECT ... FOR UPDATE``; SQLite's ``BEGIN IMMEDIATE`` already holds
+   the database's write lock) and read the host's devices, fresh, under the lock;
+2. ask the caller's ``decide`` (the scheduler's ``fit``, which proposed this host from an
+   older snapshot) again on that fresh view: if the host no longer fits, nothing is written
+   and the verdict comes back, for the caller to try its next host;
+3. lock the project's row and re-check its quota with what it would now hold;
+4. take the chosen devices with a state predicate in the same statement (``UPDATE devices SET
+   state='claimed', owner=?, owner_alias=? WHERE ... AND state='available' AND NOT reserved
+   AND reason IS NULL``): a row count short of the devices chosen is a
+   :class:`~pcipass.errors.ClaimConflict` and the transaction rolls back whole;
+5. re-derive the host (dependants ``unavailable``, reasons, pools, ``pci_free``), insert the
+   server (``BUILDING``) and recount the host's vCPUs, RAM and NUMA use, queue the spawn task.
+
+Freeing is the mirror image: the server's devices go back to ``available`` (or stay reserved,
+or are deleted if they had vanished, or leave the pools if the device spec no longer selects
+them), the host is re-derived and recounted, usage records end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Row, bindparam, insert, select, update
+
+from pcipass.errors import ClaimConflict, Conflict, NotFound
+from pcipass.pci.address import PciAddress
+from pcipass.records import DeviceState, ServerDevice, ServerRecord, ServerStatus
+from pcipass.sched.fit import Fit, NoFit
+from pcipass.sched.snapshot import HostView
+from pcipass.store.derive import Target, load_rows, write_host
+from pcipass.store.facts import FactsCache
+from pcipass.store.hostviews import HOST_COLUMNS, host_view, tracked_views
+from pcipass.store.kinds import KindIds
+from pcipass.store.pools import drop_empty_pools
+from pcipass.store.schema import devices, hosts, servers, tasks
+from pcipass.store.servers import LIVE, get_server
+from pcipass.store.usage import check_quota, end_usage, start_usage
+
+Decide = Callable[[HostView], Fit | NoFit]
+
+
+@dataclass(frozen=True, slots=True)
+class NewServer:
+    """A server about to be placed: what the services resolved from flavor and image."""
+
+    id: str
+    name: str
+    project: str
+    flavor_id: str | None
+    flavor_name: str
+    image_id: str | None
+    image_name: str
+    vcpus: int
+    ram_mb: int
+    requests: tuple[tuple[str, int, bool], ...] = ()   # (alias, count, soft)
+    not_granted: tuple[str, ...] = ()                  # soft requests given up beforehand
+    payload: Mapping[str, Any] = field(default_factory=dict)  # for the spawn task
+
+
+def _server_values(s: NewServer, now: datetime) -> dict[str, Any]:
+    return {
+        "id": s.id, "name": s.name, "project": s.project, "flavor_id": s.flavor_id,
+        "flavor_name": s.flavor_name, "image_id": s.image_id, "image_name": s.image_name,
+        "vcpus": s.vcpus, "ram_mb": s.ram_mb,
+        "requests": [list(r) for r in s.requests], "created_at": now, "updated_at": now,
+        "generation": 1,
+    }
+
+
+def record_failure(conn: Connection, s: NewServer, fault: str, now: datetime) -> ServerRecord:
+    """A server that could not be placed: ERROR, holding nothing, saying why."""
+    conn.execute(insert(servers), {
+        **_server_values(s, now), "status": ServerStatus.ERROR.value, "host_id": None,
+        "fault": fault, "not_granted": list(s.not_granted), "numa_cells": []})
+    return get_server(conn, s.id)
+
+
+def recount_host(conn: Connection, host_id: int) -> None:
+    """The host's vCPUs, RAM and per-node use from the servers it holds (no drift)."""
+    used_vcpus = used_ram = 0
+    per_node: dict[str, list[int]] = {}
+    for vcpus, ram, cells in conn.execute(
+            select(servers.c.vcpus, servers.c.ram_mb, servers.c.numa_cells)
+            .where(servers.c.host_id == host_id, servers.c.status.in_(LIVE))):
+        used_vcpus += vcpus
+        used_ram += ram
+        for cell in cells:
+            slot = per_node.setdefault(str(cell), [0, 0])
+            slot[0] += vcpus // len(cells)
+            slot[1] += ram // len(cells)
+    conn.execute(update(hosts).where(hosts.c.id == host_id).values(
+        used_vcpus=used_vcpus, used_ram_mb=used_ram, numa_used=per_node))
+
+
+_LOCK_HOST = select(*HOST_COLUMNS).where(hosts.c.id == bindparam("host_id")).with_for_update()
+_TAKE = (
+    update(devices)
+    .where(devices.c.host_id == bindparam("b_host"),
+           devices.c.address.in_(bindparam("b_addresses", expanding=True)),
+           devices.c.state == DeviceState.AVAILABLE.value,
+           ~devices.c.reserved, devices.c.reason.is_(None))
+    .values(state=DeviceState.CLAIMED.value, owner=bindparam("b_owner"),
+            owner_alias=bindparam("b_alias"), updated_at=bindparam("b_now"))
+)
+
+
+def _take(conn: Connection, host_id: int, server_id: str, alias: str | None,
+          addresses: Sequence[PciAddress], now: datetime) -> None:
+    if not addresses:
+        return
+    taken = conn.execute(_TAKE, {"b_host": host_id, "b_addresses": [str(a) for a in addresses],
+                                 "b_owner": server_id, "b_alias": alias, "b_now": now}).rowcount
+    if taken != len(addresses):
+        raise ClaimConflict(
+            f"{len(addresses) - taken} of the devices chosen for server {server_id} were "
+            "taken meanwhile", field="devices")
+
+
+def _with_server(host: Any, vcpus: int, ram_mb: int, cells: Sequence[int]
+                 ) -> dict[str, Any]:
+    """The host's use counters with one more server (the host row is locked)."""
+    per_node = {k: list(v) for k, v in host.numa_used.items()}
+    for cell in cells:
+        slot = per_node.setdefault(str(cell), [0, 0])
+        slot[0] += vcpus // len(cells)
+        slot[1] += ram_mb // len(cells)
+    return {"used_vcpus": host.used_vcpus + vcpus, "used_ram_mb": host.used_ram_mb + ram_mb,
+            "numa_used": per_node}
+
+
+def claim(conn: Connection, s: NewServer, host_id: int, decide: Decide, kind_ids: KindIds,
+          facts: FactsCache, now: datetime, accept: Callable[[Fit], bool] | None = None
+          ) -> ServerRecord | Fit | NoFit:
+    """Place ``s`` on the host if it still fits there (see the module); the caller's
+    transaction commits it. A fit that ``accept`` turns down comes back unclaimed, as does a
+    verdict that the host does not fit."""
+    host = conn.execute(_LOCK_HOST, {"host_id": host_id}).first()
+    if host is None:
+        raise NotFound(f"host {host_id} vanished", field="host")
+    rows = load_rows(conn, host_id, cached=(facts, host.generation))
+    ordered = sorted(rows.values(), key=lambda r: r.address)
+    verdict = decide(host_view(host, tracked_views(r.tracked for r in ordered)))
+    if isinstance(verdict, NoFit) or (accept is not None and not accept(verdict)):
+        return verdict
+    asked: dict[str, int] = {}
+    for a in verdict.assignments:
+        asked[a.request.alias] = asked.get(a.request.alias, 0) + len(a.devices)
+    check_quota(conn, s.project, asked, lock=True)
+
+    chosen: dict[PciAddress, str | None] = {}
+    for a in verdict.assignments:
+        chosen.update({d: a.request.alias for d in a.devices})
+        chosen.update({d: None for d in a.riders})
+    by_alias: dict[str | None, list[PciAddress]] = {}
+    for address, alias in chosen.items():
+        by_alias.setdefault(alias, []).append(address)
+    for alias, addresses in by_alias.items():
+        _take(conn, host_id, s.id, alias, addresses, now)
+
+    claimed = DeviceState.CLAIMED
+    targets = [Target(replace(r.tracked, state=claimed, owner=s.id), chosen[r.address])
+               if r.address in chosen else Target(r.tracked, r.owner_alias) for r in ordered]
+    # ``rows`` as read: the pools move from them (the claimed rows are rewritten alike).
+    write_host(conn, host_id, rows, targets, kind_ids, now,
+               host=_with_server(host, s.vcpus, s.ram_mb, verdict.cells))
+    granted = {a.request for a in verdict.assignments}
+    not_granted = (*s.not_granted, *(str(r) for r in verdict.not_granted if r not in granted))
+    conn.execute(insert(servers), {
+        **_server_values(s, now), "status": ServerStatus.BUILDING.value, "host_id": host_id,
+        "fault": None, "not_granted": list(not_granted), "numa_cells": list(verdict.cells)})
+    held = tuple(
+        ServerDevice(address=a, alias=chosen[a], state=DeviceState.CLAIMED,
+                     vendor_id=dev.vendor_id, product_id=dev.product_id,
+                     dev_type=dev.dev_type, numa_node=dev.numa_node)
+        for a in sorted(chosen) for dev in (rows[a].tracked.device,))
+    payload = {**s.payload, "server_id": s.id, "name": s.name, "vcpus": s.vcpus,
+               "ram_mb": s.ram_mb, "numa_cells": list(verdict.cells),
+               "devices": [{"address": str(a), "alias": chosen[a]} for a in sorted(chosen)]}
+    conn.execute(insert(tasks), {"host_id": host_id, "server_id": s.id, "kind": "spawn",
+                                 "payload": payload, "state": "queued", "created_at": now,
+                                 "updated_at": now})
+    return ServerRecord(
+        id=s.id, name=s.name, project=s.project, status=ServerStatus.BUILDING,
+        flavor=s.flavor_name, image=s.image_name, host=host.name, devices=held,
+        not_granted=tuple(not_granted), fault=None, numa_cells=tuple(verdict.cells),
+        created_at=now, updated_at=now)
+
+
+# --- after the claim ---------------------------------------------------------------------
+
+def _lock_server(conn: Connection, server_id: str
+                 ) -> tuple[Row[Any], int | None, int]:
+    """The server's row, with its host's row locked first (the schema's lock order); the
+    host id and generation."""
+    row = conn.execute(select(servers.c.host_id).where(servers.c.id == server_id)).first()
+    if row is None:
+        raise NotFound(f"server {server_id!r} not found", field="server")
+    host_id: int | None = row.host_id
+    generation = 0
+    if host_id is not None:
+        generation = conn.execute(select(hosts.c.generation).where(hosts.c.id == host_id)
+                                  .with_for_update()).scalar_one()
+    server = conn.execute(select(servers).where(servers.c.id == server_id)
+                          .with_for_update()).one()
+    return server, host_id, generation
+
+
+def _finish_tasks(conn: Connection, server_id: str, state: str, message: str | None,
+                  now: datetime) -> None:
+    conn.execute(update(tasks).where(tasks.c.server_id == server_id, tasks.c.kind == "spawn",
+                                     tasks.c.state.in_(("queued", "running")))
+                 .values(state=state, message=message, updated_at=now))
+
+
+def release(conn: Connection, server_id: str, status: ServerStatus, fault: str | None,
+            kind_ids: KindIds, facts: FactsCache, now: datetime) -> ServerRecord:
+    """Free everything the server holds and set its status (DELETED, or ERROR with a fault).
+
+    Idempotent: a server already DELETED is returned as it is.
+    """
+    server, host_id, generation = _lock_server(conn, server_id)
+    if server.status == ServerStatus.DELETED.value:
+        return get_server(conn, server_id)
+    if host_id is not None:
+        rows = load_rows(conn, host_id, cached=(facts, generation))
+        targets: list[Target] = []
+        changed = False
+        for r in sorted(rows.values(), key=lambda r: r.address):
+            t = r.tracked
+            if t.owner != server_id:
+                targets.append(Target(t, r.owner_alias))
+                continue
+            changed = True
+            if t.state is DeviceState.REMOVED:
+                continue  # it vanished while held: now nobody holds it, the row goes
+            targets.append(Target(replace(t, state=DeviceState.AVAILABLE, owner=None,
+                                          held_state=None)))
+        if changed:
+            write_host(conn, host_id, rows, targets, kind_ids, now)
+            drop_empty_pools(conn, host_id)
+    values: dict[str, Any] = {"status": status.value, "updated_at": now,
+                              "generation": servers.c.generation + 1}
+    if fault is not None:
+        values["fault"] = fault
+    conn.execute(update(servers).where(servers.c.id == server_id).values(values))
+    if host_id is not None:
+        recount_host(conn, host_id)
+    end_usage(conn, server_id, now)
+    _finish_tasks(conn, server_id, "failed", fault or f"server {status.value.lower()}", now)
+    return get_server(conn, server_id)
+
+
+def complete_spawn(conn: Connection, server_id: str, kind_ids: KindIds, facts: FactsCache,
+                   now: datetime) -> ServerRecord:
+    """The agent started the server: its devices are allocated, metering starts."""
+    server, host_id, generation = _lock_server(conn, server_id)
+    if server.status != ServerStatus.BUILDING.value or host_id is None:
+        raise Conflict(f"server {server_id} is {server.status}, not BUILDING on a host",
+                       field="server")
+    rows = load_rows(conn, host_id, cached=(facts, generation))
+    host_name = conn.execute(select(hosts.c.name).where(hosts.c.id == host_id)).scalar_one()
+    targets: list[Target] = []
+    metered: list[dict[str, Any]] = []
+    for r in sorted(rows.values(), key=lambda r: r.address):
+        t = r.tracked
+        if t.owner == server_id:
+            if t.state is DeviceState.CLAIMED:
+                t = replace(t, state=DeviceState.ALLOCATED)
+            elif t.state is DeviceState.REMOVED and t.held_state is DeviceState.CLAIMED:
+                t = replace(t, held_state=DeviceState.ALLOCATED)
+            if r.owner_alias is not None:
+                metered.append({"project": server.project, "alias": r.owner_alias,
+                                "server_id": server_id, "host": host_name,
+                                "address": str(t.address), "started_at": now,
+                                "ended_at": None})
+        targets.append(Target(t, r.owner_alias))
+    write_host(conn, host_id, rows, targets, kind_ids, now)
+    conn.execute(update(servers).where(servers.c.id == server_id).values(
+        status=ServerStatus.ACTIVE.value, updated_at=now,
+        generation=servers.c.generation + 1))
+    start_usage(conn, metered)
+    _finish_tasks(conn, server_id, "done", None, now)
+    return get_server(conn, server_id)

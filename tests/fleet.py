@@ -1,0 +1,219 @@
+"""Builders and invariant checks shared by the services, claims and concurrency tests.
+
+Hosts come from the demo's profiles (discovered once per profile and session) or from small
+hand-made device lists; :func:`check_invariants` recounts everything the store derives
+from ownership and compares it with what the store keeps.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from pcipass.config import Settings, load_settings
+from pcipass.host.discovery import discover
+from pcipass.host.profiles import build_host, suggested_device_spec
+from pcipass.pci.address import PciAddress
+from pcipass.pci.device import DevType, HostInfo, NumaNode, PciDevice
+from pcipass.pci.devspec import DeviceSpecSet, parse_device_spec
+from pcipass.pci.inventory import Inventory
+from pcipass.records import DeviceState, Principal, Role, ServerStatus
+from pcipass.sched.snapshot import HostView
+from pcipass.services import Cloud
+from pcipass.store import Store
+from pcipass.store.derive import Target, derive, load_rows, recount
+from pcipass.store.schema import hosts, pools, servers
+
+T0 = datetime(2024, 11, 26, 12, 0, tzinfo=UTC)
+ADMIN = Principal("admin-token", Role.ADMIN)
+LIVE = (ServerStatus.BUILDING, ServerStatus.ACTIVE)
+
+
+def member(project: str) -> Principal:
+    return Principal(f"member-{project}", Role.MEMBER, project=project)
+
+
+def a(text: str) -> PciAddress:
+    return PciAddress.parse(text)
+
+
+# --- hand-made devices ----------------------------------------------------------------------
+
+HOST = HostInfo(hostname="h", cpus=64, memory_mb=262144,
+                numa_nodes=(NumaNode(0, tuple(range(32)), 131072),
+                            NumaNode(1, tuple(range(32, 64)), 131072)))
+
+
+def gpu(address: str, *, group: int, numa: int = 0, product: str = "20f1",
+        members: Sequence[str] = (), **kw: Any) -> PciDevice:
+    addr = a(address)
+    return PciDevice(address=addr, vendor_id="10de", product_id=product,
+                     class_code="030200", numa_node=numa, iommu_group=group,
+                     iommu_group_members=tuple(a(m) for m in members) or (addr,),
+                     driver="vfio-pci", assignable=True, **kw)
+
+
+def audio(address: str, *, group: int, numa: int = 0, members: Sequence[str] = ()
+          ) -> PciDevice:
+    addr = a(address)
+    return PciDevice(address=addr, vendor_id="10de", product_id="1aef", class_code="040300",
+                     numa_node=numa, iommu_group=group,
+                     iommu_group_members=tuple(a(m) for m in members) or (addr,),
+                     driver="vfio-pci", assignable=True)
+
+
+def pf(address: str, *, group: int, numa: int = 0, assignable: bool = False,
+       vfs: int = 4) -> PciDevice:
+    addr = a(address)
+    return PciDevice(address=addr, vendor_id="8086", product_id="1592", class_code="020000",
+                     dev_type=DevType.PF, total_vfs=64, num_vfs=vfs, numa_node=numa,
+                     iommu_group=group, iommu_group_members=(addr,), driver="ice",
+                     assignable=assignable, tags={"physical_network": "physnet1"}
+                     if assignable else {})
+
+
+def vf(address: str, parent: str, *, group: int | None, numa: int = 0,
+       net: str = "physnet1") -> PciDevice:
+    addr = a(address)
+    return PciDevice(address=addr, vendor_id="8086", product_id="1889", class_code="020000",
+                     dev_type=DevType.VF, parent_addr=a(parent), numa_node=numa,
+                     iommu_group=group, iommu_group_members=(addr,) if group is not None
+                     else (), driver="iavf", assignable=True, tags={"physical_network": net})
+
+
+def inventory(*devices: PciDevice, host: HostInfo = HOST) -> Inventory:
+    return Inventory(host, tuple(devices))
+
+
+def two_gpus(numa: tuple[int, int] = (0, 1)) -> Inventory:
+    return inventory(gpu("0000:3b:00.0", group=10, numa=numa[0]),
+                     gpu("0000:5e:00.0", group=11, numa=numa[1]))
+
+
+# --- demo profiles --------------------------------------------------------------------------
+
+@cache
+def profile_inventory(profile: str) -> Inventory:
+    """A host of ``profile`` as its agent would report it (device spec applied)."""
+    root = Path(tempfile.mkdtemp(prefix=f"pcipass-{profile}-"))
+    build_host(root, profile)
+    specs = DeviceSpecSet(tuple(
+        spec for i, entry in enumerate(suggested_device_spec(profile))
+        for spec in parse_device_spec(entry, position=i)))
+    found = discover(root)
+    return Inventory(host=found.host, devices=specs.apply(found.devices))
+
+
+def settings(**scheduler: Any) -> Settings:
+    base = load_settings(None, {})
+    return replace(base, scheduler=replace(base.scheduler, **scheduler))
+
+
+def cloud_of(store: Store, **scheduler: Any) -> Cloud:
+    return Cloud(store, settings(**scheduler))
+
+
+GPU_ALIASES = [
+    {"name": "gpu", "vendor_id": "10de", "product_id": "20f1", "device_type": "type-PCI"},
+    {"name": "a6000", "vendor_id": "10de", "product_id": "2230", "device_type": "type-PCI"},
+    {"name": "vf", "vendor_id": "8086", "device_type": "type-VF",
+     "match": {"physical_network": "physnet1"}},
+    {"name": "pf", "vendor_id": "8086", "product_id": "1592", "device_type": "type-PF"},
+]
+
+
+def catalog(cloud: Cloud, flavors: dict[str, dict[str, str]], *, vcpus: int = 2,
+            ram_mb: int = 2048) -> None:
+    """The usual aliases, one public image ``img`` and the given flavors."""
+    cloud.create_aliases(ADMIN, GPU_ALIASES)
+    cloud.create_image(ADMIN, name="img", source="/images/img.qcow2", properties={})
+    for name, specs in flavors.items():
+        cloud.create_flavor(ADMIN, name=name, vcpus=vcpus, ram_mb=ram_mb, disk_gb=1,
+                            extra_specs=specs)
+
+
+def report(store: Store, host: str, inv: Inventory) -> None:
+    store.report_inventory(host, None, inv, now=T0)
+
+
+# --- invariants -----------------------------------------------------------------------------
+
+def everything(store: Store) -> list[HostView]:
+    """Every host as the scheduler would see it: a full snapshot."""
+    with store._tx.read() as conn:
+        ids = list(conn.execute(select(hosts.c.id).order_by(hosts.c.name)).scalars())
+    return store.host_views(ids)
+
+
+def check_invariants(store: Store) -> None:
+    """Everything the store derives from ownership equals a recount from the devices:
+
+    every device has at most one owner, and only a live server owns devices; every live
+    server holds exactly what it asked for (hard and granted soft requests) and nothing
+    else; dependants, reasons and pool counts are what ``derive`` says; hosts' vCPU, RAM and
+    ``pci_free`` counters equal the sum over their live servers and pools; every server in
+    ERROR says why.
+    """
+    with store._tx.read() as conn:
+        server_rows = {r.id: r for r in conn.execute(select(servers))}
+        host_rows = list(conn.execute(select(hosts)))
+        owned: Counter[tuple[str, str]] = Counter()
+        for h in host_rows:
+            rows = load_rows(conn, h.id)
+            derived = derive([Target(r.tracked, r.owner_alias) for r in
+                              sorted(rows.values(), key=lambda r: r.address)])
+            for d in derived:
+                stored = rows[d.address]
+                assert stored.tracked.state is d.tracked.state, (h.name, d.address)
+                assert stored.reason == d.reason, (h.name, d.address, stored.reason, d.reason)
+                owner = stored.tracked.owner
+                if owner is not None:
+                    server = server_rows.get(owner)
+                    assert server is not None, f"{d.address} owned by unknown {owner}"
+                    assert ServerStatus(server.status) in LIVE, (owner, server.status)
+                    assert server.host_id == h.id, (owner, h.name)
+                    if stored.owner_alias is not None:
+                        owned[(owner, stored.owner_alias)] += 1
+                else:
+                    assert stored.owner_alias is None
+                    assert d.tracked.state not in (DeviceState.CLAIMED, DeviceState.ALLOCATED)
+            counts = recount(derived)
+            kept = {r.key: (r.total, r.free, r.usable) for r in conn.execute(
+                select(pools).where(pools.c.host_id == h.id, pools.c.total > 0))}
+            assert kept == {k.digest: (c.total, c.free, c.usable) for k, c in counts.items()}
+            assert h.pci_free == sum(1 for d in derived if d.usable), h.name
+            live = [s for s in server_rows.values()
+                    if s.host_id == h.id and ServerStatus(s.status) in LIVE]
+            assert h.used_vcpus == sum(s.vcpus for s in live), h.name
+            assert h.used_ram_mb == sum(s.ram_mb for s in live), h.name
+            per_node: Counter[str] = Counter()
+            for s in live:
+                for cell in s.numa_cells:
+                    per_node[str(cell)] += s.vcpus // len(s.numa_cells)
+            assert {k: v[0] for k, v in h.numa_used.items() if v[0]} == dict(per_node)
+    for s in server_rows.values():
+        status = ServerStatus(s.status)
+        if status is ServerStatus.ERROR:
+            assert s.fault, s.id
+        wanted: Counter[str] = Counter()
+        if status in LIVE:
+            skipped = Counter(str(x) for x in s.not_granted)
+            for alias, count, soft in s.requests:
+                if soft and skipped[f"{count} x {alias}"]:
+                    skipped[f"{count} x {alias}"] -= 1
+                    continue
+                wanted[alias] += count
+        got = Counter({alias: n for (owner, alias), n in owned.items() if owner == s.id})
+        assert got == wanted, (s.id, s.status, dict(got), dict(wanted))
+
+
+def statuses(records: Iterable[Any]) -> list[str]:
+    return [r.status.value for r in records]

@@ -29,12 +29,20 @@ from pcipass.records import DeviceState, Principal, Role, ServerStatus
 from pcipass.sched.snapshot import HostView
 from pcipass.services import Cloud
 from pcipass.store import Store
-from pcipass.store.derive import Target, derive, load_rows, recount
-from pcipass.store.schema import hosts, pools, servers
+from pcipass.store.derive import Target, derive, kind_usable, load_rows, recount
+from pcipass.store.schema import (
+    host_kind_sets,
+    host_kinds,
+    hosts,
+    kind_sets,
+    pool_kinds,
+    pools,
+    servers,
+)
 
 T0 = datetime(2024, 11, 26, 12, 0, tzinfo=UTC)
 ADMIN = Principal("admin-token", Role.ADMIN)
-LIVE = (ServerStatus.BUILDING, ServerStatus.ACTIVE)
+LIVE = (ServerStatus.BUILDING, ServerStatus.ACTIVE, ServerStatus.DELETING)
 
 
 def member(project: str) -> Principal:
@@ -144,6 +152,15 @@ def report(store: Store, host: str, inv: Inventory) -> None:
     store.report_inventory(host, None, inv, now=T0)
 
 
+def confirm_destroys(cloud: Cloud) -> None:
+    """Play every host's agent for deletes: each open destroy task succeeds."""
+    for host in cloud.store.list_hosts(limit=1000).items:
+        for task in cloud.tasks.poll(ADMIN, host.name):
+            if task.kind == "destroy":
+                assert cloud.tasks.result(ADMIN, task.id, ok=True, message=None,
+                                          domain_xml=None)
+
+
 # --- invariants -----------------------------------------------------------------------------
 
 def everything(store: Store) -> list[HostView]:
@@ -186,10 +203,28 @@ def check_invariants(store: Store) -> None:
                     assert stored.owner_alias is None
                     assert d.tracked.state not in (DeviceState.CLAIMED, DeviceState.ALLOCATED)
             counts = recount(derived)
-            kept = {r.key: (r.total, r.free, r.usable) for r in conn.execute(
-                select(pools).where(pools.c.host_id == h.id, pools.c.total > 0))}
-            assert kept == {k.digest: (c.total, c.free, c.usable) for k, c in counts.items()}
+            kept = {r.key: (r.total, r.free, r.usable, r.kind) for r in conn.execute(
+                select(pools, pool_kinds.c.digest.label("kind"))
+                .join(pool_kinds, pool_kinds.c.id == pools.c.kind_id, isouter=True)
+                .where(pools.c.host_id == h.id, pools.c.total > 0))}
+            assert kept == {k.digest: (c.total, c.free, c.usable, k.kind.digest)
+                            for k, c in counts.items()}
             assert h.pci_free == sum(1 for d in derived if d.usable), h.name
+            per_kind = {kind.digest: n for kind, n in kind_usable(counts).items()}
+            by_id = dict(conn.execute(
+                select(pool_kinds.c.digest, host_kinds.c.kind_id)
+                .join(pool_kinds, pool_kinds.c.id == host_kinds.c.kind_id)
+                .where(host_kinds.c.host_id == h.id)).all())
+            assert dict(conn.execute(
+                select(pool_kinds.c.digest, host_kinds.c.usable)
+                .join(pool_kinds, pool_kinds.c.id == host_kinds.c.kind_id)
+                .where(host_kinds.c.host_id == h.id)).all()) == per_kind, h.name
+            usable_by_id = {by_id[d]: n for d, n in per_kind.items()}
+            sums = dict(conn.execute(select(host_kind_sets.c.set_id, host_kind_sets.c.usable)
+                                     .where(host_kind_sets.c.host_id == h.id)).all())
+            for set_id, kinds in conn.execute(select(kind_sets.c.id, kind_sets.c.kind_ids)):
+                assert sums.get(set_id, 0) == sum(usable_by_id.get(k, 0) for k in kinds), (
+                    h.name, kinds)
             live = [s for s in server_rows.values()
                     if s.host_id == h.id and ServerStatus(s.status) in LIVE]
             assert h.used_vcpus == sum(s.vcpus for s in live), h.name

@@ -7,7 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text, update
+from sqlalchemy import func, select, text, update
 
 from fleet import (
     T0,
@@ -27,6 +27,7 @@ from pcipass.pci.alias import parse_aliases
 from pcipass.pci.request import PciRequest
 from pcipass.records import DeviceFilter, DeviceState, ServerRecord, ServerStatus
 from pcipass.sched import BootRequest, Fit, HostView, NoFit, fit
+from pcipass.services.boot import needs as needs_of
 from pcipass.store import Store
 from pcipass.store import claims as store_claims
 from pcipass.store.claims import NewServer
@@ -197,9 +198,11 @@ def test_stale_derived_state_is_recomputed_when_the_store_opens(db_url: str) -> 
     store = Store.open(db_url)
     try:
         report(store, "node1", two_gpus())
-        with store._tx.write() as conn:
+        with store._tx.write() as conn:   # as 0001 left them: no kinds, old pool keys
             conn.execute(update(hosts).values(derived=0, pci_free=0))
-            conn.execute(update(pools).values(usable=0, kind_id=None))
+            conn.execute(update(pools).values(usable=0, kind_id=None,
+                                              key=func.substr(pools.c.key, 2) + "x"))
+            conn.execute(text("DELETE FROM host_kinds"))
             conn.execute(text("UPDATE devices SET reason = 'stale'"))
     finally:
         store.close()
@@ -247,4 +250,31 @@ def test_claims_and_frees_keep_every_count_on_a_big_host(store: Store) -> None:
     for p in placed[::2]:
         assert isinstance(p, ServerRecord)
         store.delete_server(p.id)
+    check_invariants(store)
+
+
+def test_a_request_matching_several_kinds_gets_a_kind_set_kept_by_every_writer(
+        store: Store) -> None:
+    """The first boot for an alias matching two kinds registers their set; claims, frees and
+    reports (a new host, a new device) keep each host's sum for it."""
+    report(store, "mixed", inventory(gpu("0000:3b:00.0", group=10),
+                                     gpu("0000:5e:00.0", group=11, product="2230")))
+    entries = parse_aliases([{"name": "any", "vendor_id": "10de", "product_id": "20f1"},
+                             {"name": "any", "vendor_id": "10de", "product_id": "2230"}])
+    req = boot(PciRequest("any", 2, entries["any"].entries))
+    need = needs_of(req.hard, store.kinds())
+    assert len(need) == 1 and len(need[0].kind_ids) == 2
+    assert [c.name for c in store.candidates(need, 2, 1024, spread=False, limit=8)] == [
+        "mixed"]
+    check_invariants(store)   # the set is registered, with the host's sum
+    got = place(store, "mixed", req)
+    assert isinstance(got, ServerRecord)
+    assert store.candidates(need, 2, 1024, spread=False, limit=8) == []
+    report(store, "later", inventory(gpu("0000:3b:00.0", group=10, product="2230"),
+                                     gpu("0000:5e:00.0", group=11, product="2230")))
+    assert [c.name for c in store.candidates(need, 2, 1024, spread=False, limit=8)] == [
+        "later"]
+    store.delete_server(got.id)
+    assert [c.name for c in store.candidates(need, 2, 1024, spread=False, limit=8)] == [
+        "mixed", "later"]   # as many free each: the older host first
     check_invariants(store)

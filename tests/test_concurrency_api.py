@@ -84,8 +84,8 @@ def test_racing_boots_never_share_a_device(busy_api: ApiServer) -> None:
         for name, (alias, count) in FLAVORS.items():
             make_flavor(http, name, pci=f"{alias}:{count}")
         make_image(http, "race-image")
-        for host, devices in hosts.items():
-            put_host(http, host, devices)
+        for host, fleet_devices in hosts.items():
+            put_host(http, host, fleet_devices)
     tokens = [member(api, f"race-proj-{i % 4}") for i in range(CLIENTS)]
 
     ctx = multiprocessing.get_context("spawn")
@@ -100,8 +100,10 @@ def test_racing_boots_never_share_a_device(busy_api: ApiServer) -> None:
         p.join(timeout=30)
         assert p.exitcode == 0
 
-    answered = [body for i in range(CLIENTS) for status, body in replies[i]
-                if status == 202 or pytest.fail(f"client {i}: {status} {body}")]
+    for i in range(CLIENTS):
+        for status, body in replies[i]:
+            assert status == 202, f"client {i}: {status} {body}"  # placed or ERROR, no 5xx
+    answered = [body for i in range(CLIENTS) for _, body in replies[i]]
     assert len(answered) == CLIENTS * BOOTS_PER_CLIENT
 
     with api.client() as http:

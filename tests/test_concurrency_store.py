@@ -43,6 +43,7 @@ WORKERS = 8
 BOOTS = 6
 FLAVORS = {"g1": {"pci_passthrough:alias": "gpu:1"},
            "g2": {"pci_passthrough:alias": "gpu:2"},
+           "any1": {"pci_passthrough:alias": "anygpu:1"},   # a set of two kinds
            "vf1": {"pci_passthrough:alias": "vf:1"},
            "pf1": {"pci_passthrough:alias": "pf:1"}}
 
@@ -78,9 +79,14 @@ def test_eight_processes_booting_at_once_never_double_allocate(db_url: str) -> N
     try:
         for i in range(3):
             report(store, f"gpu{i}", two_gpus())
+        report(store, "a6000", inventory(gpu("0000:3b:00.0", group=10, product="2230"),
+                                         gpu("0000:5e:00.0", group=11, product="2230")))
         for i in range(2):
             report(store, f"nic{i}", nic_host())
         cloud = cloud_of(store)
+        cloud.create_aliases(ADMIN, [
+            {"name": "anygpu", "vendor_id": "10de", "product_id": "20f1"},
+            {"name": "anygpu", "vendor_id": "10de", "product_id": "2230"}])
         catalog(cloud, FLAVORS)
         cloud.set_quota(ADMIN, project="quota", alias="gpu", limit=3)
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,7 @@ from fleet import (
     catalog,
     check_invariants,
     cloud_of,
+    confirm_destroys,
     everything,
     gpu,
     inventory,
@@ -28,11 +30,13 @@ from fleet import (
     two_gpus,
     vf,
 )
+from pcipass.config import SchedulerSettings, load_settings
 from pcipass.errors import (
     AliasNotSupportedByImage,
     Conflict,
     Forbidden,
     InvalidAlias,
+    InvalidConfig,
     InvalidInput,
     InvalidPciRequest,
     NotFound,
@@ -75,7 +79,8 @@ def test_a_boot_claims_devices_and_queues_a_spawn_task(store: Store, cloud: Clou
         from pcipass.store.schema import tasks
         (task,) = conn.execute(select(tasks)).all()
     assert (task.kind, task.state, task.server_id) == ("spawn", "queued", server.id)
-    assert task.payload["devices"] == [{"address": str(held.address), "alias": "gpu"}]
+    assert task.payload["devices"] == [{"address": str(held.address), "alias": "gpu",
+                                        "managed": True, "unit": 0}]
     assert task.payload["image"]["source"] == "/images/img.qcow2"
     check_invariants(store)
 
@@ -177,6 +182,7 @@ def test_vcpus_and_ram_are_used_up(store: Store, cloud: Cloud) -> None:
     assert statuses_of(first, second, third) == ["BUILDING", "BUILDING", "ERROR"]
     assert third.fault is not None and "1 host lacks vCPUs" in third.fault
     cloud.delete_server(ADMIN, "a")
+    confirm_destroys(cloud)
     assert cloud.create_server(ADMIN, name="d", flavor="half", image="img").host == "node1"
     check_invariants(store)
 
@@ -234,6 +240,7 @@ def test_numa_guest_gets_devices_on_its_nodes(store: Store, cloud: Cloud) -> Non
     two = cloud.create_server(ADMIN, name="b", flavor="two-nodes", image="img")
     assert two.status is ServerStatus.ERROR  # one GPU left
     cloud.delete_server(ADMIN, "a")
+    confirm_destroys(cloud)
     two = cloud.create_server(ADMIN, name="c", flavor="two-nodes", image="img")
     assert two.numa_cells == (0, 1) and len(two.devices) == 2
     check_invariants(store)
@@ -269,6 +276,7 @@ def test_pf_and_vfs_exclude_each_other(store: Store, cloud: Cloud) -> None:
     refused = cloud.create_server(ADMIN, name="b", flavor="pf1", image="img")
     assert refused.fault == "No host can satisfy 1 x pf: 1 host lacks 1 free 'pf' device"
     cloud.delete_server(ADMIN, "a")
+    confirm_destroys(cloud)
     assert device(store, "node1", "0000:af:00.0") == (DeviceState.AVAILABLE, None, None)
     whole = cloud.create_server(ADMIN, name="c", flavor="pf1", image="img")
     assert [str(d.address) for d in whole.devices] == ["0000:af:00.0"]
@@ -355,6 +363,7 @@ def test_a_report_keeps_claimed_devices_and_vanished_ones_are_not_chosen(
     check_invariants(store)
     # Deleting the owner lets go of the vanished device for good.
     cloud.delete_server(ADMIN, got.id)
+    confirm_destroys(cloud)
     with pytest.raises(NotFound):
         store.get_device("node1", held.address)
     check_invariants(store)
@@ -368,7 +377,11 @@ def test_delete_frees_the_claims_and_is_idempotent(store: Store, cloud: Cloud) -
     server = cloud.create_server(member("p1"), name="vm", flavor="g2", image="img")
     with pytest.raises(NotFound):
         cloud.delete_server(member("p2"), server.id)
-    gone = cloud.delete_server(member("p1"), "vm")
+    asked = cloud.delete_server(member("p1"), "vm")
+    assert asked.status is ServerStatus.DELETING and len(asked.devices) == 2
+    assert cloud.delete_server(member("p1"), server.id) == asked
+    confirm_destroys(cloud)
+    gone = cloud.get_server(member("p1"), server.id)
     assert (gone.status, gone.devices) == (ServerStatus.DELETED, ())
     assert cloud.delete_server(member("p1"), server.id) == gone
     assert all(d.state is DeviceState.AVAILABLE and d.owner is None
@@ -533,6 +546,7 @@ def test_quota_refuses_with_the_numbers_and_frees_on_delete(store: Store,
     assert cloud.create_server(member("p2"), name="d", flavor="g1",
                                image="img").status is ServerStatus.BUILDING
     cloud.delete_server(member("p1"), first.id)
+    confirm_destroys(cloud)
     assert cloud.create_server(member("p1"), name="e", flavor="g1",
                                image="img").status is ServerStatus.BUILDING
     with pytest.raises(NotFound):
@@ -583,6 +597,7 @@ def test_usage_meters_device_seconds_from_allocation_to_free(
     cloud.complete_spawn(server.id)
     clock.now = T0 + timedelta(hours=1, minutes=10)
     cloud.delete_server(member("p1"), server.id)
+    confirm_destroys(cloud)
     clock.now = T0 + timedelta(hours=5)
     (use,) = cloud.usage(member("p1"), project=None, start=T0, end=clock.now)
     assert (use.project, use.alias, use.device_seconds) == ("p1", "gpu", 2 * 3600.0)
@@ -635,3 +650,18 @@ def test_servers_page_newest_first(store: Store, cloud: Cloud) -> None:
     assert sorted(seen) == sorted(made) and len(seen) == 5
     with pytest.raises(InvalidInput):
         cloud.list_servers(ADMIN, marker="garbage")
+
+
+def test_scheduler_settings_come_from_the_file_and_the_environment(tmp_path: Path) -> None:
+    conf = tmp_path / "pcipass.toml"
+    conf.write_text('[scheduler]\nweigher = "spread"\nmax_attempts = 5\ncandidates = 4\n')
+    got = load_settings(conf, {}).scheduler
+    assert (got.weigher, got.max_attempts, got.candidates) == ("spread", 5, 4)
+    assert load_settings(conf, {"PCIPASS_SCHEDULER_WEIGHER": "pack"}).scheduler.weigher == \
+        "pack"
+    assert load_settings(None, {}).scheduler == SchedulerSettings()
+    with pytest.raises(InvalidConfig) as exc:
+        load_settings(None, {"PCIPASS_SCHEDULER_WEIGHER": "random"})
+    assert exc.value.field == "scheduler.weigher"
+    with pytest.raises(InvalidConfig):
+        load_settings(None, {"PCIPASS_SCHEDULER_MAX_ATTEMPTS": "0"})

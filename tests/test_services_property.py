@@ -24,6 +24,7 @@ from fleet import (
     catalog,
     check_invariants,
     cloud_of,
+    confirm_destroys,
     everything,
     gpu,
     inventory,
@@ -45,6 +46,7 @@ FLAVORS = {
     "mix": {"pci_passthrough:alias": "gpu:1, vf:1"},
     "soft": {"pci_passthrough:alias": "vf:1", "pci_passthrough:alias_preferred": "gpu:2"},
     "plain": {},
+    "any2": {"pci_passthrough:alias": "anygpu:2"},
 }
 
 
@@ -55,14 +57,16 @@ def host_devices(draw: st.DrawFn) -> list[PciDevice]:
     for i in range(draw(st.integers(0, 3))):
         address = f"0000:{0x10 + i:02x}:00.0"
         numa = draw(st.sampled_from([0, 1, None]))
+        product = draw(st.sampled_from(["20f1", "20f1", "2230"]))
         shape = draw(st.sampled_from(["alone", "audio", "no-group"]))
         if shape == "audio":
             members = (address, address[:-1] + "1")
-            devices += [gpu(address, group=group, numa=numa, members=members),  # type: ignore[arg-type]
+            devices += [gpu(address, group=group, numa=numa, members=members,  # type: ignore[arg-type]
+                            product=product),
                         audio(members[1], group=group, numa=numa, members=members)]  # type: ignore[arg-type]
         else:
             devices.append(gpu(address, group=None if shape == "no-group" else group,  # type: ignore[arg-type]
-                               numa=numa))  # type: ignore[arg-type]
+                               numa=numa, product=product))  # type: ignore[arg-type]
         group += 1
     if draw(st.booleans()):
         vfs = draw(st.integers(0, 3))
@@ -102,8 +106,11 @@ def test_boots_are_refused_only_when_no_host_could_take_them(
         for i, devices in enumerate(fleet):
             store.report_inventory(f"host{i}", None, inventory(*devices, host=HOST), now=T0)
         cloud = cloud_of(store)
-        cloud.create_aliases(ADMIN, {"name": "gpu-req", "vendor_id": "10de",
-                                     "product_id": "20f1", "numa_policy": "required"})
+        cloud.create_aliases(ADMIN, [
+            {"name": "gpu-req", "vendor_id": "10de", "product_id": "20f1",
+             "numa_policy": "required"},
+            {"name": "anygpu", "vendor_id": "10de", "product_id": "20f1"},
+            {"name": "anygpu", "vendor_id": "10de", "product_id": "2230"}])
         catalog(cloud, FLAVORS, vcpus=16, ram_mb=4096)
         image = cloud.get_image(ADMIN, "img")
         live: list[str] = []
@@ -111,6 +118,7 @@ def test_boots_are_refused_only_when_no_host_could_take_them(
             if op == "delete":
                 if live:
                     cloud.delete_server(ADMIN, live.pop(arg % len(live)))
+                    confirm_destroys(cloud)
             else:
                 req, _ = cloud._request(cloud.get_flavor(ADMIN, arg), image, None)
                 pure = schedule(everything(store), req)

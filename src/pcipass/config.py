@@ -20,6 +20,9 @@ or ``pcipass.sched`` imports this module. The environment wins over the file, ke
     max_attempts = 3                     # hosts a boot tries when claims lose races
     candidates = 8                       # hosts the SQL narrowing hands the fit per decision
 
+    [tasks]                              # PCIPASS_TASKS_<KEY>
+    timeout = 300                        # seconds a spawn task may take before it fails
+
     [agent]                              # PCIPASS_AGENT_<KEY>
     server = "http://ctl:8774"
     token = "..."
@@ -91,6 +94,13 @@ class SchedulerSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TaskSettings:
+    """How long a host may take over a spawn (from its queueing) before it fails."""
+
+    timeout: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
 class AgentSettings:
     state_dir: Path
     server: str | None = None
@@ -108,6 +118,7 @@ class Settings:
     agent: AgentSettings
     source: Path | None = None
     scheduler: SchedulerSettings = SchedulerSettings()
+    tasks: TaskSettings = TaskSettings()
 
 
 def default_state_dir(env: Mapping[str, str]) -> Path:
@@ -250,6 +261,7 @@ _KEYS: dict[tuple[str, str], tuple[Coerce, str]] = {
     ("scheduler", "weigher"): (_weigher, "PCIPASS_SCHEDULER_WEIGHER"),
     ("scheduler", "max_attempts"): (_int, "PCIPASS_SCHEDULER_MAX_ATTEMPTS"),
     ("scheduler", "candidates"): (_int, "PCIPASS_SCHEDULER_CANDIDATES"),
+    ("tasks", "timeout"): (_seconds, "PCIPASS_TASKS_TIMEOUT"),
     ("agent", "server"): (_optional_str, "PCIPASS_AGENT_SERVER"),
     ("agent", "token"): (_optional_str, "PCIPASS_AGENT_TOKEN"),
     ("agent", "host_name"): (_optional_str, "PCIPASS_AGENT_HOST_NAME"),
@@ -353,6 +365,7 @@ def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Se
             max_attempts=get("scheduler", "max_attempts", 3),
             candidates=get("scheduler", "candidates", 8),
         ),
+        tasks=TaskSettings(timeout=get("tasks", "timeout", 300.0)),
     )
 
 
@@ -374,6 +387,7 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
         ("scheduler", "weigher"): sc.weigher,
         ("scheduler", "max_attempts"): str(sc.max_attempts),
         ("scheduler", "candidates"): str(sc.candidates),
+        ("tasks", "timeout"): repr(settings.tasks.timeout),
         ("agent", "server"): a.server,
         ("agent", "token"): a.token,
         ("agent", "host_name"): a.host_name,

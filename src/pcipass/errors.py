@@ -20,7 +20,8 @@ any of them into ``{"code", "message", "field"}`` with the class's HTTP status.
     ├── NotFound                     404
     ├── Conflict                     409
     │   ├── GenerationConflict       a write raced another (stale generation)
-    │   └── ClaimConflict            another claim won the device first
+    │   ├── ClaimConflict            another claim won the device first
+    │   └── TaskNotRunnable          the task is done, failed or expired: do not run it
     └── InfrastructureError          503  a database, sysfs, libvirt or netlink failure
         ├── DiscoveryError           sysfs could not be read at all
         ├── ServerUnreachable        the client got no HTTP answer
@@ -191,3 +192,9 @@ class VfProgrammingError(InfrastructureError):
         self.vf_index = vf_index
         self.attribute = attribute
         self.errno = errno
+
+
+class TaskNotRunnable(Conflict):
+    """An agent asked to start a task that is already done, failed or expired."""
+
+    code = "task_not_runnable"

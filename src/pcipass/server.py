@@ -29,6 +29,7 @@ from pcipass.config import (
 )
 from pcipass.errors import PcipassError
 from pcipass.records import Role
+from pcipass.services.sweeper import Sweeper
 from pcipass.store import Store
 
 APP_FACTORY = "pcipass.server:app_factory"
@@ -38,23 +39,27 @@ def serve(settings: Settings) -> None:
     """Serve until interrupted (SIGINT/SIGTERM shut down gracefully).
 
     The database is migrated and the bootstrap admin token stored here, once, before any
-    worker starts.
+    worker starts; a thread here fails spawn tasks that ran out of time.
     """
     if settings.server.db == default_db_url(settings.state_dir):
         settings.state_dir.mkdir(parents=True, exist_ok=True)
     host, port = settings.server.host, settings.server.port
     store = Store.open(settings.server.db, migrate=True)
+    sweeper = Sweeper(settings.server.db, settings.tasks.timeout)
     try:
         if settings.server.admin_token:
             store.ensure_token(settings.server.admin_token, role=Role.ADMIN)
+        sweeper.start()
         if settings.server.workers == 1:
             uvicorn.run(create_app(settings, store), host=host, port=port)
             return
+        os.environ.update(settings_to_env(settings))
+        os.environ.pop(CONFIG_ENV, None)  # the environment now carries every setting
+        uvicorn.run(APP_FACTORY, factory=True, host=host, port=port,
+                    workers=settings.server.workers)
     finally:
+        sweeper.stop()
         store.close()
-    os.environ.update(settings_to_env(settings))
-    os.environ.pop(CONFIG_ENV, None)  # the environment now carries every setting
-    uvicorn.run(APP_FACTORY, factory=True, host=host, port=port, workers=settings.server.workers)
 
 
 def app_factory() -> FastAPI:

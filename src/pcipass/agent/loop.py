@@ -3,6 +3,8 @@
 Everything that decides lives in the policy module; this loop reads sysfs (through the
 ``discover`` callable it is given), talks HTTP through :class:`ApiClient`, writes the state
 file and sleeps on an event that SIGINT/SIGTERM set, so it stops promptly and cleanly.
+:func:`run_agent` runs it beside the task loop (:mod:`pcipass.agent.tasks`), one thread each,
+both stopped by the same event.
 """
 
 from __future__ import annotations
@@ -35,12 +37,15 @@ from pcipass.agent.policy import (
     report_hash,
 )
 from pcipass.agent.state import SavedState, load_state, save_state
+from pcipass.agent.tasks import TaskRunner
 from pcipass.cli.client import ApiClient, report_result
 from pcipass.pci.inventory import Inventory, inventory_to_json
 
 log = logging.getLogger("pcipass.agent")
 
 CONFLICT_RETRIES = 3
+TASK_GRACE_S = 120.0   # how long shutdown waits for a task in progress to finish
+POLL_GRACE_S = 1.0     # ... and for a task loop that is only waiting on a long poll
 
 
 def send_report(client: ApiClient, host: str, generation: int | None,
@@ -167,3 +172,41 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
     finally:
         for sig, previous in old.items():
             signal.signal(sig, previous)
+
+
+def run_agent(agent: Agent, tasks: TaskRunner | None = None, *,
+              grace: float = TASK_GRACE_S) -> None:
+    """Report inventory in this thread and run tasks in another until ``agent.stop`` is set.
+
+    On stop a task in progress may finish (up to ``grace`` seconds: its journal would let a
+    restart resume it, but a finished one is cleaner); a task loop held in a long poll is not
+    waited for beyond a moment (its thread is a daemon, and the poll's answer is harmless:
+    nothing is started without a new ``start`` call).
+    """
+    thread: threading.Thread | None = None
+    if tasks is not None:
+        tasks.stop = agent.stop
+        thread = threading.Thread(target=tasks.run, name=f"tasks-{agent.host}", daemon=True)
+        thread.start()
+    try:
+        agent.run()
+    finally:
+        agent.stop.set()
+        if thread is not None and tasks is not None:
+            _join(thread, tasks, grace)
+
+
+def _join(thread: threading.Thread, tasks: TaskRunner, grace: float) -> None:
+    deadline = time.monotonic() + grace
+    idle_until = time.monotonic() + POLL_GRACE_S
+    while thread.is_alive():
+        now = time.monotonic()
+        if now >= deadline:
+            log.warning("task loop still busy after %.0fs; leaving it (its journal resumes "
+                        "the task on the next start)", grace)
+            return
+        if not tasks.busy and now >= idle_until:
+            return
+        if tasks.busy:
+            idle_until = now + POLL_GRACE_S
+        thread.join(0.05)

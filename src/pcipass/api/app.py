@@ -26,6 +26,7 @@ from pcipass.api.routes import (
     quotas,
     scheduler,
     servers,
+    tasks,
     tokens,
     usage,
 )
@@ -66,7 +67,7 @@ def create_app(settings: Settings, store: Store, *, close_store: bool = False) -
     install_error_handlers(app)
     app.include_router(health.router, prefix="/v1")
     for module in (tokens, hosts, devices, pools, aliases, flavors, images, servers, scheduler,
-                   quotas, usage):
+                   quotas, usage, tasks):
         app.include_router(module.router, prefix="/v1", responses=_ERRORS)
 
     def openapi() -> dict[str, Any]:

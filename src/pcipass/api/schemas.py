@@ -1,8 +1,10 @@
 """The shapes of the ``/v1`` API, as pydantic models: what OpenAPI documents and replies obey.
 
-Request bodies that pydantic validates (tokens, device patches) carry their rules here. The
-inventory report is the exception: :class:`InventoryReport` only documents it, and
-``pcipass.pci.inventory.parse_inventory`` (the one parser) validates it.
+Request bodies that pydantic validates (tokens, device patches, flavors, images, servers,
+quotas) carry their shape rules here; what the domain parsers own (extra specs, image
+properties) is left to them, behind the services. Two bodies are read raw: the inventory
+report (:class:`InventoryReport` only documents it; ``pcipass.pci.inventory.parse_inventory``
+validates it) and Nova alias JSON (``pcipass.pci.alias``).
 """
 
 from __future__ import annotations

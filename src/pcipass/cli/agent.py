@@ -1,4 +1,5 @@
-"""``pcipass agent``: wire options, configuration and discovery into the reporting loop."""
+"""``pcipass agent``: wire options, configuration, discovery and a virt driver into the agent's
+two loops (inventory reports and tasks)."""
 
 from __future__ import annotations
 
@@ -10,18 +11,39 @@ from typing import Annotated
 
 import typer
 
-from pcipass.agent.loop import Agent, stop_on_signals
+from pcipass.agent.loop import Agent, run_agent, stop_on_signals
 from pcipass.agent.policy import poll_period
 from pcipass.agent.state import state_path
+from pcipass.agent.tasks import DEFAULT_WAIT_S, TaskRunner
 from pcipass.cli.client import ApiClient
 from pcipass.cli.common import EXIT_ERROR, EXIT_USAGE, fail, reported
 from pcipass.cli.discover import ConfigOpt, DeviceSpecOpt, SysfsRootOpt, discover_inventory
 from pcipass.cli.specs import load_specs, spec_texts
 from pcipass.config import load_settings
 from pcipass.host.pciids import PciIds
-from pcipass.pci.inventory import valid_host_name
+from pcipass.pci.inventory import Inventory, valid_host_name
+from pcipass.virt.domain import VirtType
+from pcipass.virt.driver import DEFAULT_URI, DriverKind, open_driver
+from pcipass.virt.overlay import DiskOverlays, QemuImgOverlays, RecordingOverlays
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def host_cpus(inv: Inventory) -> dict[int, tuple[int, ...]]:
+    """Each NUMA node's CPUs, as discovery found them: where guest cells are pinned."""
+    return {n.id: n.cpus for n in inv.host.numa_nodes}
+
+
+def disk_overlays(driver: DriverKind, state_dir: Path) -> DiskOverlays:
+    """qemu-img for a real hypervisor; recorded empty files beside the fake one's state."""
+    if driver is DriverKind.FAKE:
+        return RecordingOverlays(state_dir / "virt" / "disks.jsonl")
+    return QemuImgOverlays()
+
+
+def virt_type(driver: DriverKind, kvm: Path = Path("/dev/kvm")) -> VirtType:
+    """KVM where the host has it; plain QEMU emulation (slow, but it boots) where not."""
+    return VirtType.KVM if driver is DriverKind.FAKE or kvm.exists() else VirtType.QEMU
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -46,14 +68,24 @@ def agent_command(
         "--poll", min=0.05, help="Seconds between re-discoveries "
         "(default: the interval, at most 5).", show_default=False)] = None,
     state_dir: Annotated[Path | None, typer.Option(
-        "--state-dir", help="Where the last generation is kept "
+        "--state-dir", help="Where the last generation, task journals and boot disks are kept "
         "(PCIPASS_STATE_DIR, default ~/.local/state/pcipass).", show_default=False)] = None,
     once: Annotated[bool, typer.Option(
-        "--once", help="Report once and exit (1 when the report was not accepted).")] = False,
+        "--once", help="Report once and exit (1 when the report was not accepted); "
+        "runs no tasks.")] = False,
+    driver: Annotated[DriverKind, typer.Option(
+        "--driver", help="How guests are run: libvirt, or fake (domains kept as files in "
+        "the state dir, for demos and tests).")] = DriverKind.LIBVIRT,
+    libvirt_uri: Annotated[str, typer.Option(
+        "--libvirt-uri", help="libvirt connection for --driver libvirt.")] = DEFAULT_URI,
+    task_wait: Annotated[float, typer.Option(
+        "--task-wait", min=0.0, max=30.0, help="Seconds one task poll waits at the server "
+        "for work (a long poll).")] = DEFAULT_WAIT_S,
     config: ConfigOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
-    """Report this host's PCI inventory to the control plane, and keep it current."""
+    """Report this host's PCI inventory to the control plane, keep it current, and run the
+    guests the control plane places here (spawn and destroy tasks)."""
     with reported(EXIT_USAGE):
         settings = load_settings(config)
         specs = load_specs(spec_texts(device_spec or [], settings.pci.device_spec))
@@ -87,7 +119,16 @@ def agent_command(
                 raise typer.Exit(EXIT_ERROR)
             return
         logging.getLogger("pcipass.agent").info(
-            "agent for %s reporting to %s every %.0fs (re-discovery every %.1fs)",
-            name, url, agent.interval, agent.poll)
-        with stop_on_signals(agent.stop):
-            agent.run()
+            "agent for %s reporting to %s every %.0fs (re-discovery every %.1fs), "
+            "running tasks with the %s driver", name, url, agent.interval, agent.poll,
+            driver.value if driver is DriverKind.FAKE else f"libvirt driver at {libvirt_uri}")
+        with ApiClient(url, secret) as task_client:
+            tasks = TaskRunner(
+                client=task_client, host=name, state_dir=directory,
+                open_driver=lambda: open_driver(driver, uri=libvirt_uri, state_dir=directory),
+                overlays=disk_overlays(driver, directory),
+                host_cpus=lambda: host_cpus(agent.discover()),
+                wait=task_wait, virt_type=virt_type(driver), stop=agent.stop,
+            )
+            with stop_on_signals(agent.stop):
+                run_agent(agent, tasks)

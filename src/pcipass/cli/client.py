@@ -114,16 +114,25 @@ class ApiClient:
     # --- transport --------------------------------------------------------------------
 
     def request(self, method: str, path: str, *, params: Params | None = None,
-                body: Any = None) -> Any:
-        """One call; the parsed JSON reply, or the error the server meant, raised."""
+                body: Any = None, timeout: float | None = None) -> Any:
+        """One call; the parsed JSON reply, or the error the server meant, raised.
+        ``timeout`` overrides the client's (a long poll waits longer than a plain call)."""
+        reply = self._send(method, path, params=params, body=body, timeout=timeout)
+        return reply.json() if reply.content else None
+
+    def _send(self, method: str, path: str, *, params: Params | None = None,
+              body: Any = None, timeout: float | None = None) -> httpx.Response:
+        """The successful reply as it came, or the error the server meant, raised."""
+        extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
         try:
-            reply = self._http.request(method, path, params=list(params or ()), json=body)
+            reply = self._http.request(method, path, params=list(params or ()), json=body,
+                                       **extra)
         except httpx.TransportError as exc:
             raise errors.ServerUnreachable(
                 f"cannot reach {self.url}: {exc.__class__.__name__}: {exc}"
             ) from exc
         if reply.is_success:
-            return reply.json() if reply.content else None
+            return reply
         try:
             payload: Any = reply.json()
         except ValueError:
@@ -301,6 +310,35 @@ class ApiClient:
             ("end", end.isoformat() if end else None),
         ) if v is not None]
         return self.listing("/v1/usage", "usage", params)
+
+    def server_domain_xml(self, ref: str) -> str:
+        """The libvirt XML the host's agent defined for the server (admin)."""
+        return self._send("GET", f"/v1/servers/{_seg(ref)}/domain-xml").text
+
+    # --- agent tasks ------------------------------------------------------------------------
+
+    def poll_tasks(self, host: str, wait: float = 0.0) -> list[JSON]:
+        """The host's queued and running tasks; the server holds the reply up to ``wait``
+        seconds until there is one (a long poll, so an agent behind NAT needs no inbound
+        port)."""
+        reply = self.request("GET", f"/v1/hosts/{_seg(host)}/tasks",
+                             params=[("wait", f"{max(wait, 0.0):g}")],
+                             timeout=max(wait, 0.0) + (self._http.timeout.read
+                                                       or DEFAULT_TIMEOUT_S))
+        return list(reply.get("tasks") or [])
+
+    def start_task(self, task_id: str) -> JSON:
+        """Tell the server the agent runs the task now; a :class:`~pcipass.errors.Conflict`
+        (``task_not_runnable``) when it is done, failed or expired and must not run."""
+        result: JSON = self.request("POST", f"/v1/tasks/{_seg(task_id)}/start")
+        return result
+
+    def report_task(self, task_id: str, ok: bool, message: str | None = None,
+                    domain_xml: str | None = None) -> JSON:
+        """The task's outcome; the reply says whether the server took it (``accepted``)."""
+        result: JSON = self.request("POST", f"/v1/tasks/{_seg(task_id)}/result", body={
+            "ok": ok, "message": message, "domain_xml": domain_xml})
+        return result
 
     def _get(self, path: str) -> JSON:
         result: JSON = self.request("GET", path)

@@ -143,9 +143,15 @@ def server_list(
 
 @server_app.command("show")
 def server_show(server: ServerArg, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
-                as_json: JsonOpt = False) -> None:
+                as_json: JsonOpt = False,
+                xml: Annotated[bool, typer.Option(
+                    "--xml", help="Print the libvirt domain XML its host defined (admin).")
+                ] = False) -> None:
     """Show a server: its host, devices (address, alias, state), what was not granted, fault."""
     with reported(), ApiClient(url, token) as client:
+        if xml:
+            typer.echo(client.server_domain_xml(server).rstrip("\n"))
+            return
         obj = client.server(server)
     _print_server(obj, as_json)
 
@@ -153,11 +159,12 @@ def server_show(server: ServerArg, url: UrlOpt = DEFAULT_URL, token: TokenOpt = 
 @server_app.command("delete")
 def server_delete(
     server: ServerArg,
-    force: Annotated[bool, typer.Option("--force", help="Delete even if the host cannot be "
-                                        "told (frees the claims at once).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Mark it DELETED at once even if its "
+                                        "host is down (admin); the devices come back when "
+                                        "the host confirms.")] = False,
     url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_json: JsonOpt = False,
 ) -> None:
-    """Delete a server; its devices are freed."""
+    """Delete a server: DELETING until its host destroys it, then its devices are freed."""
     with reported(), ApiClient(url, token) as client:
         obj = client.delete_server(server, force=force)
     _print_server(obj, as_json)

@@ -1,29 +1,33 @@
 """Placing a boot: narrow in SQL, fit in Python, claim in one transaction, retry on races.
 
 1. The boot's hard PCI requests become :class:`~pcipass.store.candidates.Need` s (the pool
-   kinds their alias matches); the store returns the hosts that pass, best first, a page
-   at a time, as host views.
-2. ``sched.fit`` judges them in that order; a fit that grants every soft request with no
-   device off the guest's NUMA nodes ends the search (the SQL order is the weigher's),
-   otherwise up to ``candidates`` fits are ranked with ``sched.weigh``.
-3. The best is claimed (:meth:`pcipass.store.Store.claim`), which re-runs ``fit`` on the
-   host's devices as they are under its lock. A host that no longer fits there (another
-   worker took its last device) is a lost race: the next candidate is tried, up to
-   ``max_attempts`` claims, and only then does the boot fail, saying so.
+   kinds their alias matches); the store returns the hosts that pass the SQL narrowing, in
+   the weigher's order (pack: fewest matching usable devices first), a page at a time.
+2. The first candidate is claimed straight away (:meth:`pcipass.store.Store.claim`): the
+   claim runs ``sched.fit`` on the host's devices as they are under its lock, and keeps the
+   fit if nothing could beat it (every soft request granted, no device off the guest's NUMA
+   nodes). Most boots end here: one read for the candidates, one write transaction.
+3. Otherwise the next candidates are read and judged with ``fit``, up to ``candidates`` fits
+   are ranked with ``sched.weigh``, and the best claimed (``fit`` again, under the lock).
+4. A claim that finds the host emptied by another worker since the narrowing read it is a
+   lost race: the candidates are read again, up to ``max_attempts`` races, and only then
+   does the boot fail, saying so.
 
 Soft requests: a first pass asks for them as if hard, so a host that can grant them all is
 found even when it ranks low on the hard ones; the second pass asks for the hard ones only
 and grants what the chosen host can.
 
 When nothing fits, the fault counts hosts per reason: the SQL counts for the many hosts the
-narrowing left out, and ``fit``'s verdicts for the ones it let through.
+narrowing left out, and ``fit``'s verdicts for the ones it let through, worded as
+``sched.explain`` words them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from itertools import chain, repeat
+from itertools import chain
+from typing import Any
 
 from pcipass.errors import ClaimConflict
 from pcipass.pci.device import PciDevice
@@ -48,14 +52,42 @@ def needs(requests: Sequence[PciRequest], kinds: Mapping[int, PciDevice]) -> lis
             for r in requests]
 
 
-def count_verdicts(req: BootRequest, counts: Counts) -> Iterator[NoFit]:
-    """The SQL counts as ``fit``'s verdicts would read (``sched.explain`` words them)."""
+def count_verdicts(req: BootRequest, counts: Counts) -> list[tuple[int, NoFit]]:
+    """The SQL counts as ``fit``'s verdicts would read, with how many hosts each."""
+    out = []
     for r, n in zip(req.hard, counts.lack, strict=True):
         s = "s" if r.count > 1 else ""
-        yield from repeat(NoFit("", NoFitCode.PCI_COUNT, f"lacks {r.count} free {r.alias!r} "
-                                f"device{s}", f"lack {r.count} free {r.alias!r} device{s}"), n)
-    yield from repeat(NoFit("", NoFitCode.VCPUS, "lacks vCPUs", "lack vCPUs"), counts.vcpus)
-    yield from repeat(NoFit("", NoFitCode.RAM, "lacks RAM", "lack RAM"), counts.ram)
+        out.append((n, NoFit("", NoFitCode.PCI_COUNT, f"lacks {r.count} free {r.alias!r} "
+                                f"device{s}", f"lack {r.count} free {r.alias!r} device{s}")))
+    out.append((counts.vcpus, NoFit("", NoFitCode.VCPUS, "lacks vCPUs", "lack vCPUs")))
+    out.append((counts.ram, NoFit("", NoFitCode.RAM, "lacks RAM", "lack RAM")))
+    return [(n, v) for n, v in out if n]
+
+
+def sentence(req: BootRequest, counted: Iterable[tuple[int, NoFit]],
+             verdicts: Iterable[Fit | NoFit]) -> str:
+    """``sched.explain``'s sentence over hosts given as counts and as verdicts (counting
+    10,000 hosts one verdict at a time would cost more than the decision)."""
+    tally: dict[tuple[str, str], list[Any]] = {}
+    fits = 0
+    for n, v in chain(counted, ((1, v) for v in verdicts)):
+        if isinstance(v, Fit):
+            fits += n
+            continue
+        entry = tally.setdefault((v.code.value, v.text), [0, v])
+        entry[0] += n
+    pairs = [(n, v) for n, v in tally.values() if n]
+    if not fits and not pairs:
+        return explain((), req)   # there are no hosts
+    # As sched.explain: ranked by hosts, then first seen; worded for one or many.
+    pairs.sort(key=lambda p: -p[0])
+    parts = [f"{n} {'host' if n == 1 else 'hosts'} {v.text if n == 1 else v.plural}"
+             for n, v in pairs]
+    what = req.describe()
+    if fits:
+        head = f"{fits} {'host' if fits == 1 else 'hosts'} can satisfy {what}"
+        return head + ("; " + "; ".join(parts) if parts else "")
+    return f"No host can satisfy {what}: " + "; ".join(parts)
 
 
 def _perfect(f: Fit, req: BootRequest) -> bool:
@@ -104,8 +136,11 @@ class Placer:
     attempts: int = 0
     lost: list[str] = field(default_factory=list)
 
-    def place(self, server: NewServer, req: BootRequest) -> ServerRecord:
-        kinds = self.store.kinds()
+    def place(self, server: NewServer, req: BootRequest,
+              kinds: Mapping[int, PciDevice] | None = None) -> ServerRecord:
+        """``kinds``: the pool kinds when the caller read them already."""
+        if kinds is None:
+            kinds = self.store.kinds()
         passes = [as_hard(req), req] if req.soft else [req]
         outcome = Outcome()
         for pass_req in passes:
@@ -220,7 +255,7 @@ class Placer:
                     f"{'host' if len(self.lost) == 1 else 'hosts'} ({hosts}); gave up after "
                     f"{self.max_attempts} attempts")
         counts = self.store.placement_counts(need, req.vcpus, req.ram_mb)
-        message = explain(chain(count_verdicts(req, counts), out.verdicts), req)
+        message = sentence(req, count_verdicts(req, counts), out.verdicts)
         unjudged = counts.passed - out.examined
         if out.capped and unjudged > 0:
             message += (f"; {unjudged} more {'host' if unjudged == 1 else 'hosts'} with "

@@ -7,6 +7,7 @@ every write is validated against all of them together (:func:`pcipass.pci.alias.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -56,11 +57,19 @@ class Aliases:
         self.config_entries: tuple[AliasEntry, ...] = tuple(
             e for a in parse_aliases(list(config)).values() for e in a.entries)
         self.config_names = frozenset(e.name for e in self.config_entries)
+        self._cache: tuple[tuple[str, ...], dict[str, Alias]] | None = None
 
     def combine(self, stored: Sequence[Mapping[str, Any]]) -> dict[str, Alias]:
+        """Config and stored entries as aliases (parsed once per distinct set of entries)."""
+        key = tuple(json.dumps(e, sort_keys=True) for e in stored)
+        cached = self._cache
+        if cached is not None and cached[0] == key:
+            return cached[1]
         entries = [*self.config_entries, *(parse_alias_entry(e, where=f"alias {e.get('name')!r}")
                                            for e in stored)]
-        return build_aliases(entries)
+        built = build_aliases(entries)
+        self._cache = (key, built)
+        return built
 
     def all(self) -> dict[str, Alias]:
         return self.combine(self.store.alias_entries())

@@ -8,7 +8,8 @@ or an id.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 
 from pcipass.config import Settings
@@ -31,11 +32,37 @@ from pcipass.services import catalog
 from pcipass.services.access import acting_project, admin, tenant
 from pcipass.services.boot import Placer
 from pcipass.services.explain import Explanation, explain_boot
+from pcipass.services.tasks import Tasks
 from pcipass.store import Store
 from pcipass.store.claims import NewServer
+from pcipass.store.usage import over_quota
 
 # The project an admin's boots land in when it names none.
 ADMIN_PROJECT = "admin"
+
+
+def quota_trim(req: BootRequest, project: str, limits: Mapping[str, int],
+               held: Mapping[str, int]) -> tuple[BootRequest, tuple[PciRequest, ...]]:
+    """Refuse a boot whose hard requests would take ``project`` over a quota; drop the
+    soft ones its quota cannot cover (returned apart: they are not granted). The claim
+    checks again, under a lock, with what the project holds then."""
+    hard: dict[str, int] = {}
+    for r in req.hard:
+        hard[r.alias] = hard.get(r.alias, 0) + r.count
+    problem = over_quota(project, hard, limits, held)
+    if problem is not None:
+        raise problem
+    room = {a: n - held.get(a, 0) - hard.get(a, 0) for a, n in limits.items()}
+    kept: list[PciRequest] = []
+    dropped: list[PciRequest] = []
+    for r in req.pci:
+        if r.soft and r.alias in room:
+            if r.count > room[r.alias]:
+                dropped.append(r)
+                continue
+            room[r.alias] -= r.count
+        kept.append(r)
+    return replace(req, pci=tuple(kept)), tuple(dropped)
 
 
 class Cloud:
@@ -46,6 +73,7 @@ class Cloud:
         self.settings = settings
         self.aliases = catalog.Aliases(store, settings.pci.alias)
         self.policy = WeighPolicy(settings.scheduler.weigher)
+        self.tasks = Tasks(store, settings)
 
     # --- aliases ------------------------------------------------------------------------
 
@@ -120,48 +148,43 @@ class Cloud:
         proj = acting_project(p, project, "create servers", admin_default=ADMIN_PROJECT)
         assert proj is not None
         catalog.check_name(name, "server")
-        scope = tenant(p, "create servers")
-        fl = self.store.get_flavor(flavor, project=scope)
-        im = self.store.get_image(image, project=scope)
-        req, dropped = self._request(fl, im, proj)
+        got = self.store.boot_inputs(flavor, image, scope=tenant(p, "create servers"),
+                                     project=proj)
+        fl, im = got.flavor, got.image
+        req = self._boot_request(fl, im, self.aliases.combine(got.alias_entries))
+        req, dropped = quota_trim(req, proj, got.limits, got.held)
         server = NewServer(
             id=str(uuid.uuid4()), name=name, project=proj, flavor_id=fl.id,
             flavor_name=fl.name, image_id=im.id, image_name=im.name, vcpus=fl.vcpus,
             ram_mb=fl.ram_mb,
             requests=tuple((r.alias, r.count, r.soft) for r in (*req.pci, *dropped)),
             not_granted=tuple(str(r) for r in dropped),
-            payload={"image": {"id": im.id, "name": im.name, "source": im.source},
-                     "flavor": {"id": fl.id, "name": fl.name, "disk_gb": fl.disk_gb}})
+            payload={"image": {"name": im.name, "source": im.source,
+                               "properties": dict(im.properties)},
+                     "flavor": {"name": fl.name, "vcpus": fl.vcpus, "ram_mb": fl.ram_mb,
+                                "disk_gb": fl.disk_gb, "extra_specs": dict(fl.extra_specs)}},
+            quotas=bool(got.limits))
         placer = Placer(self.store, self.policy, self.settings.scheduler.max_attempts,
                         self.settings.scheduler.candidates)
-        return placer.place(server, req)
+        return placer.place(server, req, got.kinds)
+
+    @staticmethod
+    def _boot_request(fl: FlavorRecord, im: ImageRecord, aliases: Mapping[str, Alias]
+                      ) -> BootRequest:
+        pci = pci_requests(fl.extra_specs, im.properties, aliases, image=im.name or None)
+        nodes = numa_node_count(fl.extra_specs, im.properties, vcpus=fl.vcpus,
+                                ram_mb=fl.ram_mb, image=im.name or None)
+        return BootRequest(fl.vcpus, fl.ram_mb, nodes, pci)
 
     def _request(self, fl: FlavorRecord, im: ImageRecord, project: str | None
                  ) -> tuple[BootRequest, tuple[PciRequest, ...]]:
-        """The boot's demands; with a project, soft requests its quota cannot cover are
-        dropped (returned apart) and hard ones over quota refused."""
-        pci = pci_requests(fl.extra_specs, im.properties, self.aliases.all(), image=im.name)
-        nodes = numa_node_count(fl.extra_specs, im.properties, vcpus=fl.vcpus,
-                                ram_mb=fl.ram_mb, image=im.name)
-        dropped: list[PciRequest] = []
-        if project is not None and pci:
-            hard: dict[str, int] = {}
-            for r in pci:
-                if not r.soft:
-                    hard[r.alias] = hard.get(r.alias, 0) + r.count
-            self.store.check_quota(project, hard)
-            room = self.store.quota_headroom(project, sorted({r.alias for r in pci if r.soft}))
-            room = {a: n - hard.get(a, 0) for a, n in room.items()}
-            kept: list[PciRequest] = []
-            for r in pci:
-                if r.soft and r.alias in room:
-                    if r.count > room[r.alias]:
-                        dropped.append(r)
-                        continue
-                    room[r.alias] -= r.count
-                kept.append(r)
-            pci = tuple(kept)
-        return BootRequest(fl.vcpus, fl.ram_mb, nodes, pci), tuple(dropped)
+        """The boot's demands (and, with a project, the soft ones its quota drops)."""
+        req = self._boot_request(fl, im, self.aliases.all())
+        if project is None:
+            return req, ()
+        quotas = self.store.list_quotas(project=project)
+        return quota_trim(req, project, {q.alias: q.limit for q in quotas},
+                          {q.alias: q.used for q in quotas})
 
     def list_servers(self, p: Principal, *, host: str | None = None,
                      status: ServerStatus | None = None, project: str | None = None,
@@ -174,21 +197,21 @@ class Cloud:
         return self.store.get_server(ref, project=tenant(p, "read servers"))
 
     def delete_server(self, p: Principal, ref: str, *, force: bool = False) -> ServerRecord:
-        """Free the server's claims at once and mark it DELETED (idempotent). ``force`` will
-        matter once the agent destroys servers (issue 4)."""
-        server = self.store.get_server(ref, project=tenant(p, "delete servers"))
-        return self.store.delete_server(server.id)
+        """Hand the server to its host to destroy (see :meth:`Tasks.delete_server`)."""
+        return self.tasks.delete_server(p, ref, force=force)
 
     # --- scheduler ----------------------------------------------------------------------
 
     def explain(self, p: Principal, *, flavor: str, image: str | None = None,
                 project: str | None = None) -> Explanation:
-        """Would a boot of this flavor (and image) fit now, where, and why not elsewhere."""
+        """Would a boot of this flavor (and image) fit now, where, and why not elsewhere.
+        With ``project``: as that project would boot it (its private flavors and images,
+        its quotas: a soft request they cannot cover is left out, a hard one refused)."""
         admin(p, "ask the scheduler to explain")
-        fl = self.store.get_flavor(flavor)
-        im = (self.store.get_image(image) if image is not None
+        fl = self.store.get_flavor(flavor, project=project)
+        im = (self.store.get_image(image, project=project) if image is not None
               else ImageRecord(id="", name="", source="", properties={}))
-        req, _dropped = self._request(fl, im, None)
+        req, _dropped = self._request(fl, im, project)
         return explain_boot(self.store, req, self.policy)
 
     # --- quotas and usage ---------------------------------------------------------------

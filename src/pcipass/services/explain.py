@@ -9,13 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import chain
 
-from pcipass.sched.explain import explain as explain_text
 from pcipass.sched.fit import Fit, NoFit, fit
 from pcipass.sched.snapshot import BootRequest
 from pcipass.sched.weigh import WeighPolicy, weigh
-from pcipass.services.boot import MAX_EXAMINED, count_verdicts, needs
+from pcipass.services.boot import MAX_EXAMINED, count_verdicts, needs, sentence
 from pcipass.store import Store
 from pcipass.store.candidates import RAM, VCPUS
 
@@ -59,7 +57,7 @@ def explain_boot(store: Store, req: BootRequest, policy: WeighPolicy) -> Explana
         if len(page) < MAX_VERDICTS:
             break
         offset += len(page)
-    message = explain_text(chain(count_verdicts(req, counts), judged.values()), req)
+    message = sentence(req, count_verdicts(req, counts), judged.values())
     unjudged = counts.passed - len(judged)
     if unjudged > 0:
         message += (f"; {unjudged} more {'host' if unjudged == 1 else 'hosts'} with enough "

@@ -8,12 +8,13 @@ with ids assigned here so nothing needs reading back. The result is exactly what
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, text
+from sqlalchemy import JSON, Connection, func, insert, select, text
 
 from pcipass.errors import Conflict
 from pcipass.pci.inventory import Inventory
@@ -22,8 +23,9 @@ from pcipass.store.derive import DERIVED_VERSION, Derived, Target, derive, recou
 from pcipass.store.engine import Transactions
 from pcipass.store.inventory import check_host_name
 from pcipass.store.kinds import KindIds, StoreKey
+from pcipass.store.kindsets import host_rows as kind_set_rows
 from pcipass.store.rows import host_values, pool_values, tracked_values
-from pcipass.store.schema import devices, hosts, pools
+from pcipass.store.schema import devices, host_kind_sets, host_kinds, hosts, pools
 
 HOSTS_PER_TRANSACTION = 200
 
@@ -51,8 +53,12 @@ class _Rows:
 
     def __init__(self, conn: Connection, t: _Template, now: datetime) -> None:
         dialect = conn.dialect
+        self.copy = dialect.name == "postgresql"
         procs = [c.type.dialect_impl(dialect).bind_processor(dialect) for c in self._DEVICE]
+        if self.copy:   # COPY takes JSON as text, and datetimes as they are
+            procs = [_json_text if isinstance(c.type, JSON) else None for c in self._DEVICE]
         names = [c.name for c in self._DEVICE]
+        self.names = names
         self.id_at = names.index("id")
         self.host_at = names.index("host_id")
         self.pool_at = names.index("pool_id")
@@ -104,6 +110,12 @@ def load_hosts(tx: Transactions, kind_ids: KindIds, fleet: Sequence[tuple[str, I
             if not bound:
                 bound = {k: _Rows(conn, t, now) for k, t in templates.items()}
             written += _load(conn, kind_ids, part, templates, bound, now)
+    if fleet:
+        with tx.write() as conn:
+            if conn.dialect.name == "postgresql":
+                # Fresh statistics, or the planner takes these tables for empty ones.
+                conn.execute(text("ANALYZE hosts, pools, host_kinds, host_kind_sets, devices, "
+                                  "device_tags"))
     return written
 
 
@@ -117,6 +129,9 @@ def _load(conn: Connection, kind_ids: KindIds, part: Sequence[tuple[str, Invento
     host_id, pool_id, device_id = (_next_id(conn, hosts), _next_id(conn, pools),
                                    _next_id(conn, devices))
     host_rows: list[dict[str, Any]] = []
+    kind_rows: list[dict[str, Any]] = []
+    set_rows: list[dict[str, Any]] = []
+    kind_ids.sets.refresh(conn)
     pool_rows: list[dict[str, Any]] = []
     device_rows: list[list[Any]] = []
     tag_rows: list[tuple[int, str, str]] = []
@@ -128,6 +143,12 @@ def _load(conn: Connection, kind_ids: KindIds, part: Sequence[tuple[str, Invento
                           "used_vcpus": 0, "used_ram_mb": 0, "numa_used": {},
                           "pci_free": t.pci_free, "derived": DERIVED_VERSION})
         ids: dict[StoreKey, int] = {}
+        per_kind: dict[int, int] = {}
+        for key, _total, _free, usable in t.pools:
+            per_kind[kinds[key.kind]] = per_kind.get(kinds[key.kind], 0) + usable
+        kind_rows += [{"host_id": host_id, "kind_id": k, "usable": n}
+                      for k, n in per_kind.items()]
+        set_rows += kind_set_rows(host_id, per_kind, kind_ids.sets)
         for key, total, free, usable in t.pools:
             ids[key] = pool_id
             pool_rows.append({"id": pool_id, "host_id": host_id, **pool_values(key.pool),
@@ -145,10 +166,29 @@ def _load(conn: Connection, kind_ids: KindIds, part: Sequence[tuple[str, Invento
         host_id += 1
     conn.execute(insert(hosts), host_rows)
     conn.execute(insert(pools), pool_rows)
+    conn.execute(insert(host_kinds), kind_rows)
+    if set_rows:
+        conn.execute(insert(host_kind_sets), set_rows)
     some = next(iter(bound.values()))
-    for i in range(0, len(device_rows), 5000):
-        conn.exec_driver_sql(some.device_sql, [tuple(r) for r in device_rows[i:i + 5000]])
-    for i in range(0, len(tag_rows), 10000):
-        conn.exec_driver_sql(some.tag_sql, tag_rows[i:i + 10000])
+    if some.copy:
+        _copy(conn, f"COPY devices ({', '.join(some.names)}) FROM STDIN", device_rows)
+        _copy(conn, "COPY device_tags (device_id, key, value) FROM STDIN", tag_rows)
+    else:
+        for i in range(0, len(device_rows), 5000):
+            conn.exec_driver_sql(some.device_sql, [tuple(r) for r in device_rows[i:i + 5000]])
+        for i in range(0, len(tag_rows), 10000):
+            conn.exec_driver_sql(some.tag_sql, tag_rows[i:i + 10000])
     _advance_sequences(conn)
     return len(device_rows)
+
+
+def _json_text(value: Any) -> str:
+    return json.dumps(value)
+
+
+def _copy(conn: Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    """PostgreSQL's COPY, on the transaction's own connection: ten times an executemany."""
+    driver: Any = conn.connection.driver_connection
+    with driver.cursor() as cur, cur.copy(sql) as copy:
+        for row in rows:
+            copy.write_row(row)

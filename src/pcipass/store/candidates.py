@@ -1,34 +1,53 @@
 """Narrowing 10,000 hosts to a few in SQL, and counting why the others were left out.
 
 A boot's hard PCI requests become :class:`Need` s: the pool kinds that match the request's
-alias (matched in Python against the few kinds there are) and a count. One indexed query
-over ``pools`` (``kind_id, usable, host_id``) sums each host's usable devices per need,
-keeps the hosts that have enough of every need and enough free vCPUs and RAM, and returns
-them in the weigher's order, a page at a time::
+alias (matched in Python against the few kinds there are) and a count. ``host_kinds`` holds
+each host's usable devices per kind, kept by every device writer, so:
 
-    SELECT h.id, h.name FROM hosts h JOIN (
-        SELECT host_id, SUM(CASE WHEN kind_id IN (..) THEN usable ELSE 0 END) AS f0, ...
-        FROM pools WHERE kind_id IN (..) AND usable > 0 GROUP BY host_id
-        HAVING f0 >= :n0 AND ...) a ON a.host_id = h.id
-    WHERE h.cpus - h.used_vcpus >= :vcpus AND h.memory_mb - h.used_ram_mb >= :ram
-    ORDER BY f0 + ... (pack: fewest first; spread: most), free RAM, free vCPUs, name
-    LIMIT :k OFFSET :o
+- one need of one kind (the common case) walks the ``(kind_id, usable, host_id)`` index in
+  the weigher's order and stops at the end of the page::
+
+      SELECT h.id, h.name FROM host_kinds hk JOIN hosts h ON h.id = hk.host_id
+      WHERE hk.kind_id = :kind AND hk.usable >= :n
+        AND h.cpus - h.used_vcpus >= :vcpus AND h.memory_mb - h.used_ram_mb >= :ram
+      ORDER BY hk.usable, hk.host_id LIMIT :limit       -- pack; spread: DESC
+
+- one need whose alias matches several kinds does the same on ``host_kind_sets``, the sums
+  over a registered set of kinds (:mod:`pcipass.store.kindsets`);
+
+- several needs sum per host first::
+
+      ... JOIN (SELECT host_id, SUM(CASE WHEN kind_id IN (..) THEN usable ELSE 0 END) AS f0, ..
+                FROM host_kinds WHERE kind_id IN (..) AND usable > 0 GROUP BY host_id
+                HAVING f0 >= :n0 AND ...) a ON a.host_id = h.id ... ORDER BY f0 + ..., h.id
+
+- a boot without PCI requests walks ``(pci_free, id)``: hosts with no usable device first.
 
 Usable counts what ``sched.fit`` counts (free devices in units it may hand out), so a host
-left out here could not have taken the boot; the hosts let through are then judged by
-``fit`` itself. Boots without PCI requests get the hosts with the fewest usable devices
-first (``hosts.pci_free``), keeping scarce devices reachable.
+left out here could not have taken the boot; those let through are judged by ``fit``. The
+statements are built once per shape and take their values as parameters.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, case, func, literal, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    and_,
+    bindparam,
+    case,
+    func,
+    literal,
+    literal_column,
+    select,
+)
 
-from pcipass.store.schema import hosts, pools
+from pcipass.store.schema import host_kind_sets, host_kinds, hosts
 
 NO_PCI = -1    # codes of a host's first failing check, in the order sched.fit checks
 VCPUS = -2
@@ -56,45 +75,128 @@ def _free_ram() -> ColumnElement[int]:
     return hosts.c.memory_mb - hosts.c.used_ram_mb
 
 
-def _sums(needs: Sequence[Need]) -> list[ColumnElement[Any]]:
-    return [func.sum(case((pools.c.kind_id.in_(sorted(n.kind_ids)), pools.c.usable),
-                          else_=0)) for n in needs]
+def _compute() -> ColumnElement[bool]:
+    return and_(_free_vcpus() >= bindparam("vcpus"), _free_ram() >= bindparam("ram"))
 
 
-def _all_kinds(needs: Sequence[Need]) -> list[int]:
-    return sorted(set().union(*(n.kind_ids for n in needs)))
+def _sums(count: int) -> list[ColumnElement[Any]]:
+    if count == 1:   # the WHERE keeps only its kinds
+        return [func.sum(host_kinds.c.usable)]
+    return [func.sum(case((host_kinds.c.kind_id.in_(bindparam(f"k{i}", expanding=True)),
+                           host_kinds.c.usable), else_=0)) for i in range(count)]
+
+
+def _aggregate(count: int, having: bool) -> Any:
+    sums = _sums(count)
+    q = (select(host_kinds.c.host_id.label("host_id"),
+                *(s.label(f"f{i}") for i, s in enumerate(sums)))
+         .where(host_kinds.c.kind_id.in_(bindparam("kinds", expanding=True)),
+                host_kinds.c.usable > 0)
+         .group_by(host_kinds.c.host_id))
+    if having:
+        q = q.having(and_(*(s >= bindparam(f"n{i}") for i, s in enumerate(sums))))
+    return q.subquery()
+
+
+def _direction(column: Any, spread: bool) -> Any:
+    return column.desc() if spread else column
+
+
+@lru_cache(maxsize=64)
+def _statement(shape: str, spread: bool, only: bool) -> Any:
+    """The candidate query of ``shape`` (``none``, ``kind`` or ``set``), built once.
+
+    Order: pack puts the fewest matching usable devices first, spread the most; ties go by
+    host id (fill one host, then the next). No need: hosts by usable devices, fewest first.
+    One need of one kind, or of one registered kind set, walks the index of ``host_kinds``
+    or ``host_kind_sets`` in that order and stops at the end of the page. (Several needs:
+    :func:`_ranked`.)
+    """
+    if shape == "none":
+        q = (select(hosts.c.id, hosts.c.name).where(_compute())
+             .order_by(hosts.c.pci_free, _direction(hosts.c.id, spread)))
+    else:
+        t, key = ((host_kinds, host_kinds.c.kind_id) if shape == "kind"
+                  else (host_kind_sets, host_kind_sets.c.set_id))
+        q = (select(hosts.c.id, hosts.c.name)
+             .select_from(t.join(hosts, hosts.c.id == t.c.host_id))
+             .where(key == bindparam("kind"), t.c.usable >= bindparam("n0"), _compute())
+             .order_by(_direction(t.c.usable, spread), _direction(t.c.host_id, spread)))
+    if only:
+        q = q.where(hosts.c.id == bindparam("only"))
+    return q.limit(bindparam("limit")).offset(bindparam("offset"))
+
+
+@lru_cache(maxsize=64)
+def _ranked(count: int, spread: bool) -> Any:
+    """Hosts with enough usable devices for ``count`` needs, ranked, a batch at a time.
+
+    Summing per host is the cost here (every host with a matching kind), so the compute
+    filter runs after, on the batch only (:data:`_COMPUTE_OK`), instead of on every host.
+    """
+    agg = _aggregate(count, having=True)
+    matching = sum((agg.c[f"f{i}"] for i in range(count)), start=literal(0))
+    return (select(agg.c.host_id)
+            .order_by(_direction(matching, spread), _direction(agg.c.host_id, spread))
+            .limit(bindparam("limit")).offset(bindparam("offset")))
+
+
+_COMPUTE_OK = select(hosts.c.id, hosts.c.name).where(
+    hosts.c.id.in_(bindparam("ids", expanding=True)), _compute())
+RANK_BATCH = 64
+
+
+def _params(needs: Sequence[Need]) -> dict[str, Any]:
+    params: dict[str, Any] = {"kinds": sorted(set().union(*(n.kind_ids for n in needs)))}
+    for i, n in enumerate(needs):
+        params[f"k{i}"] = sorted(n.kind_ids)
+        params[f"n{i}"] = n.count
+    if len(needs) == 1 and len(needs[0].kind_ids) == 1:
+        (params["kind"],) = needs[0].kind_ids
+    return params
 
 
 def candidates(conn: Connection, needs: Sequence[Need], vcpus: int, ram_mb: int, *,
-               spread: bool, limit: int, offset: int = 0,
-               only: int | None = None) -> list[Candidate]:
-    """One page of the hosts that pass, best first (``only``: whether that host does)."""
+               spread: bool, limit: int, offset: int = 0, only: int | None = None,
+               kind_set: int | None = None) -> list[Candidate]:
+    """One page of the hosts that pass, best first (``only``: whether that host does).
+    ``kind_set``: the registered set of the one need's kinds, when it has several."""
     if any(not n.kind_ids for n in needs):
         return []
-    compute = and_(_free_vcpus() >= vcpus, _free_ram() >= ram_mb)
-    if only is not None:
-        compute = and_(compute, hosts.c.id == only)
-    sign = -1 if spread else 1
+    params = {**_params(needs), "vcpus": vcpus, "ram": ram_mb, "limit": limit,
+              "offset": offset, "only": only}
+    shape = None
     if not needs:
-        q = (select(hosts.c.id, hosts.c.name).where(compute)
-             .order_by(hosts.c.pci_free, sign * _free_ram(), sign * _free_vcpus(),
-                       hosts.c.name))
+        shape = "none"
+    elif len(needs) == 1 and len(needs[0].kind_ids) == 1:
+        shape = "kind"
+    elif len(needs) == 1 and kind_set is not None:
+        shape, params["kind"] = "set", kind_set
+    if shape is not None:
+        q = _statement(shape, spread, only is not None)
+        return [Candidate(r.id, r.name) for r in conn.execute(q, params)]
+    if only is not None:
+        params["limit"], params["offset"] = 1, 0
+        q = _ranked(len(needs), spread).where(literal_column("host_id") == bindparam("only"))
+        ids = list(conn.execute(q, params).scalars())
     else:
-        sums = _sums(needs)
-        agg = (select(pools.c.host_id.label("host_id"),
-                      *(s.label(f"f{i}") for i, s in enumerate(sums)))
-               .where(pools.c.kind_id.in_(_all_kinds(needs)), pools.c.usable > 0)
-               .group_by(pools.c.host_id)
-               .having(and_(*(s >= n.count for s, n in zip(sums, needs, strict=True))))
-               .subquery())
-        matching = sum((agg.c[f"f{i}"] for i in range(len(needs))), start=literal(0))
-        q = (select(hosts.c.id, hosts.c.name)
-             .join(agg, agg.c.host_id == hosts.c.id)
-             .where(compute)
-             .order_by(sign * matching, sign * _free_ram(), sign * _free_vcpus(),
-                       hosts.c.name))
-    rows = conn.execute(q.limit(limit).offset(offset)).all()
-    return [Candidate(r.id, r.name) for r in rows]
+        ids = None
+    found: list[Candidate] = []
+    batch = max(RANK_BATCH, 4 * (offset + limit))
+    start = 0
+    while True:
+        if ids is None:
+            ranked = list(conn.execute(_ranked(len(needs), spread),
+                                       {**params, "limit": batch, "offset": start})
+                          .scalars())
+        else:
+            ranked = ids
+        passing = dict(conn.execute(_COMPUTE_OK, {**params, "ids": ranked}).all()) \
+            if ranked else {}
+        found += [Candidate(i, passing[i]) for i in ranked if i in passing]
+        if len(found) >= offset + limit or ids is not None or len(ranked) < batch:
+            return found[offset:offset + limit]
+        start += batch
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,8 +213,8 @@ class Counts:
 def _code(needs: Sequence[Need], sums: Sequence[ColumnElement[Any]],
           vcpus: int, ram_mb: int) -> ColumnElement[int]:
     whens: list[tuple[ColumnElement[bool], int]] = [
-        (func.coalesce(s, 0) < n.count, i) for i, (s, n) in enumerate(zip(sums, needs,
-                                                                            strict=True))]
+        (func.coalesce(s, 0) < bindparam(f"n{i}"), i) for i, (s, _n) in enumerate(zip(
+            sums, needs, strict=True))]
     whens += [(_free_vcpus() < vcpus, VCPUS), (_free_ram() < ram_mb, RAM)]
     return case(*whens, else_=PASSED)
 
@@ -126,15 +228,12 @@ def counts(conn: Connection, needs: Sequence[Need], vcpus: int, ram_mb: int) -> 
         lack[first] = total
         return Counts(total, tuple(lack), 0, 0, 0)
     if needs:
-        agg = (select(pools.c.host_id.label("host_id"),
-                      *(s.label(f"f{i}") for i, s in enumerate(_sums(needs))))
-               .where(pools.c.kind_id.in_(_all_kinds(needs)), pools.c.usable > 0)
-               .group_by(pools.c.host_id).subquery())
+        agg = _aggregate(len(needs), having=False)
         code = _code(needs, [agg.c[f"f{i}"] for i in range(len(needs))], vcpus, ram_mb)
         inner = (select(code.label("code")).select_from(hosts)
                  .join(agg, agg.c.host_id == hosts.c.id).subquery())
         by_code = dict(conn.execute(select(inner.c.code, func.count())
-                                    .group_by(inner.c.code)).all())
+                                    .group_by(inner.c.code), _params(needs)).all())
         seen = sum(by_code.values())
         lack[0] += total - seen   # hosts without a single usable matching device
     else:
@@ -155,14 +254,14 @@ def host_codes(conn: Connection, needs: Sequence[Need], vcpus: int, ram_mb: int,
         first = next(i for i, n in enumerate(needs) if not n.kind_ids)
         return [(r.id, r.name, first) for r in conn.execute(
             select(hosts.c.id, hosts.c.name).order_by(hosts.c.name).limit(limit))]
+    params: dict[str, Any] = {}
     if needs:
-        agg = (select(pools.c.host_id.label("host_id"),
-                      *(s.label(f"f{i}") for i, s in enumerate(_sums(needs))))
-               .where(pools.c.kind_id.in_(_all_kinds(needs)), pools.c.usable > 0)
-               .group_by(pools.c.host_id).subquery())
+        agg = _aggregate(len(needs), having=False)
         code = _code(needs, [agg.c[f"f{i}"] for i in range(len(needs))], vcpus, ram_mb)
         q = select(hosts.c.id, hosts.c.name, code).select_from(
             hosts.outerjoin(agg, agg.c.host_id == hosts.c.id))
+        params = _params(needs)
     else:
         q = select(hosts.c.id, hosts.c.name, _code((), (), vcpus, ram_mb))
-    return [(r[0], r[1], r[2]) for r in conn.execute(q.order_by(hosts.c.name).limit(limit))]
+    return [(r[0], r[1], r[2]) for r in conn.execute(q.order_by(hosts.c.name).limit(limit),
+                                                      params)]

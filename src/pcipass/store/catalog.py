@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, delete, func, insert, or_, select
+from sqlalchemy import Connection, Row, bindparam, delete, func, insert, or_, select
 
 from pcipass.errors import Conflict, NotFound
 from pcipass.records import FlavorRecord, ImageRecord
@@ -101,13 +101,17 @@ def list_flavors(conn: Connection, project: str | None) -> tuple[FlavorRecord, .
     return tuple(_flavor(r, projects[r.id]) for r in rows)
 
 
+_FLAVOR = select(flavors).where(or_(flavors.c.id == bindparam("ref"),
+                                   flavors.c.name == bindparam("ref")))
+
+
 def find_flavor(conn: Connection, ref: str, project: str | None) -> FlavorRecord:
-    """By id or name, among those ``project`` may see (all when None); NotFound otherwise."""
-    row = conn.execute(select(flavors).where(flavors.c.id == ref)).first()
-    if row is None:
-        row = conn.execute(select(flavors).where(flavors.c.name == ref)).first()
+    """By id or name, among those ``project`` may see (all when None); NotFound otherwise.
+    (An id wins over another flavor's name.)"""
+    found = conn.execute(_FLAVOR, {"ref": ref}).all()
+    row = next((r for r in found if r.id == ref), found[0] if found else None)
     if row is not None:
-        projects = _flavor_projects(conn, [row.id])[row.id]
+        projects = [] if row.is_public else _flavor_projects(conn, [row.id])[row.id]
         if project is None or row.is_public or project in projects:
             return _flavor(row, projects)
     raise NotFound(f"flavor {ref!r} not found", field="flavor")
@@ -167,24 +171,24 @@ def list_images(conn: Connection, project: str | None) -> tuple[ImageRecord, ...
     return tuple(_image(r) for r in conn.execute(q))
 
 
+_IMAGE = select(images).where(or_(images.c.id == bindparam("ref"),
+                                 images.c.name == bindparam("ref"))).limit(3)
+_VISIBLE_IMAGE = _IMAGE.where(or_(images.c.project.is_(None),
+                                  images.c.project == bindparam("project")))
+
+
 def find_image(conn: Connection, ref: str, project: str | None) -> ImageRecord:
     """By id or name among those ``project`` may see (all when None). Several images of one
     name (an admin looking across projects) are a Conflict asking for the id."""
-    visible = or_(images.c.project.is_(None), images.c.project == project)
-    q = select(images).where(images.c.id == ref)
-    if project is not None:
-        q = q.where(visible)
-    row = conn.execute(q).first()
-    if row is not None:
-        return _image(row)
-    q = select(images).where(images.c.name == ref)
-    if project is not None:
-        q = q.where(visible)
-    rows = conn.execute(q.limit(2)).all()
-    if len(rows) > 1:
+    q = _IMAGE if project is None else _VISIBLE_IMAGE
+    found = conn.execute(q, {"ref": ref, "project": project}).all()
+    by_id = [r for r in found if r.id == ref]
+    if by_id:
+        return _image(by_id[0])
+    if len(found) > 1:
         raise Conflict(f"several images are named {ref!r}: give the id", field="image")
-    if rows:
-        return _image(rows[0])
+    if found:
+        return _image(found[0])
     raise NotFound(f"image {ref!r} not found", field="image")
 
 

@@ -2,22 +2,24 @@
 
 A claim is ONE transaction that cannot hand a device to two servers:
 
-1. lock the host row (``SELECT ... FOR UPDATE``; SQLite's ``BEGIN IMMEDIATE`` already holds
-   the database's write lock) and read the host's devices, fresh, under the lock;
+1. lock the host row (``SELECT ... FOR NO KEY UPDATE``; SQLite's ``BEGIN IMMEDIATE`` already
+   holds the database's write lock) and read the host's devices, fresh, under the lock;
 2. ask the caller's ``decide`` (the scheduler's ``fit``, which proposed this host from an
    older snapshot) again on that fresh view: if the host no longer fits, nothing is written
    and the verdict comes back, for the caller to try its next host;
-3. lock the project's row and re-check its quota with what it would now hold;
+3. if the project has quotas, lock its row and re-check them with what it would now hold;
 4. take the chosen devices with a state predicate in the same statement (``UPDATE devices SET
    state='claimed', owner=?, owner_alias=? WHERE ... AND state='available' AND NOT reserved
    AND reason IS NULL``): a row count short of the devices chosen is a
    :class:`~pcipass.errors.ClaimConflict` and the transaction rolls back whole;
-5. re-derive the host (dependants ``unavailable``, reasons, pools, ``pci_free``), insert the
-   server (``BUILDING``) and recount the host's vCPUs, RAM and NUMA use, queue the spawn task.
+5. re-derive the host (dependants ``unavailable``, reasons, pools, ``host_kinds``,
+   ``pci_free``) and add the server to its vCPU, RAM and per-node use, insert the server
+   (``BUILDING``), queue the spawn task.
 
 Freeing is the mirror image: the server's devices go back to ``available`` (or stay reserved,
 or are deleted if they had vanished, or leave the pools if the device spec no longer selects
-them), the host is re-derived and recounted, usage records end.
+them), the host is re-derived and its use recounted from the servers it still holds, usage
+records end, a spawn task not yet run fails.
 """
 
 from __future__ import annotations
@@ -31,9 +33,18 @@ from sqlalchemy import Connection, Row, bindparam, insert, select, update
 
 from pcipass.errors import ClaimConflict, Conflict, NotFound
 from pcipass.pci.address import PciAddress
-from pcipass.records import DeviceState, ServerDevice, ServerRecord, ServerStatus
+from pcipass.pci.device import PciDevice
+from pcipass.records import (
+    DeviceState,
+    FlavorRecord,
+    ImageRecord,
+    ServerDevice,
+    ServerRecord,
+    ServerStatus,
+)
 from pcipass.sched.fit import Fit, NoFit
 from pcipass.sched.snapshot import HostView
+from pcipass.store import payloads as _payloads
 from pcipass.store.derive import Target, load_rows, write_host
 from pcipass.store.facts import FactsCache
 from pcipass.store.hostviews import HOST_COLUMNS, host_view, tracked_views
@@ -44,6 +55,18 @@ from pcipass.store.servers import LIVE, get_server
 from pcipass.store.usage import check_quota, end_usage, start_usage
 
 Decide = Callable[[HostView], Fit | NoFit]
+
+
+@dataclass(frozen=True, slots=True)
+class BootInputs:
+    """What a boot's decision reads first (:meth:`pcipass.store.Store.boot_inputs`)."""
+
+    flavor: FlavorRecord
+    image: ImageRecord
+    alias_entries: list[dict[str, Any]]
+    kinds: Mapping[int, PciDevice]        # an example device per pool kind
+    limits: dict[str, int]                # the project's quotas, by alias
+    held: dict[str, int]                  # what it holds of those aliases
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +85,9 @@ class NewServer:
     requests: tuple[tuple[str, int, bool], ...] = ()   # (alias, count, soft)
     not_granted: tuple[str, ...] = ()                  # soft requests given up beforehand
     payload: Mapping[str, Any] = field(default_factory=dict)  # for the spawn task
+    # Whether the project had quotas when the boot started: if not, the claim skips the
+    # quota check (a quota set meanwhile applies from the next boot on).
+    quotas: bool = True
 
 
 def _server_values(s: NewServer, now: datetime) -> dict[str, Any]:
@@ -99,11 +125,11 @@ def recount_host(conn: Connection, host_id: int) -> None:
         used_vcpus=used_vcpus, used_ram_mb=used_ram, numa_used=per_node))
 
 
-_LOCK_HOST = select(*HOST_COLUMNS).where(hosts.c.id == bindparam("host_id")).with_for_update()
+_LOCK_HOST = (select(*HOST_COLUMNS).where(hosts.c.id == bindparam("host_id"))
+              .with_for_update(key_share=True))
 _TAKE = (
     update(devices)
-    .where(devices.c.host_id == bindparam("b_host"),
-           devices.c.address.in_(bindparam("b_addresses", expanding=True)),
+    .where(devices.c.id.in_(bindparam("b_ids", expanding=True)),
            devices.c.state == DeviceState.AVAILABLE.value,
            ~devices.c.reserved, devices.c.reason.is_(None))
     .values(state=DeviceState.CLAIMED.value, owner=bindparam("b_owner"),
@@ -111,15 +137,15 @@ _TAKE = (
 )
 
 
-def _take(conn: Connection, host_id: int, server_id: str, alias: str | None,
-          addresses: Sequence[PciAddress], now: datetime) -> None:
-    if not addresses:
+def _take(conn: Connection, server_id: str, alias: str | None, ids: Sequence[int],
+          now: datetime) -> None:
+    if not ids:
         return
-    taken = conn.execute(_TAKE, {"b_host": host_id, "b_addresses": [str(a) for a in addresses],
-                                 "b_owner": server_id, "b_alias": alias, "b_now": now}).rowcount
-    if taken != len(addresses):
+    taken = conn.execute(_TAKE, {"b_ids": list(ids), "b_owner": server_id, "b_alias": alias,
+                                 "b_now": now}).rowcount
+    if taken != len(ids):
         raise ClaimConflict(
-            f"{len(addresses) - taken} of the devices chosen for server {server_id} were "
+            f"{len(ids) - taken} of the devices chosen for server {server_id} were "
             "taken meanwhile", field="devices")
 
 
@@ -152,7 +178,8 @@ def claim(conn: Connection, s: NewServer, host_id: int, decide: Decide, kind_ids
     asked: dict[str, int] = {}
     for a in verdict.assignments:
         asked[a.request.alias] = asked.get(a.request.alias, 0) + len(a.devices)
-    check_quota(conn, s.project, asked, lock=True)
+    if s.quotas:
+        check_quota(conn, s.project, asked, lock=True)
 
     chosen: dict[PciAddress, str | None] = {}
     for a in verdict.assignments:
@@ -162,14 +189,15 @@ def claim(conn: Connection, s: NewServer, host_id: int, decide: Decide, kind_ids
     for address, alias in chosen.items():
         by_alias.setdefault(alias, []).append(address)
     for alias, addresses in by_alias.items():
-        _take(conn, host_id, s.id, alias, addresses, now)
+        _take(conn, s.id, alias, [rows[x].id for x in addresses], now)
 
     claimed = DeviceState.CLAIMED
-    targets = [Target(replace(r.tracked, state=claimed, owner=s.id), chosen[r.address])
-               if r.address in chosen else Target(r.tracked, r.owner_alias) for r in ordered]
-    # ``rows`` as read: the pools move from them (the claimed rows are rewritten alike).
-    write_host(conn, host_id, rows, targets, kind_ids, now,
-               host=_with_server(host, s.vcpus, s.ram_mb, verdict.cells))
+    taken = {a: replace(r, tracked=replace(r.tracked, state=claimed, owner=s.id),
+                        owner_alias=chosen[a]) for a, r in rows.items() if a in chosen}
+    write_host(conn, host_id, rows, [Target(r.tracked, r.owner_alias) for r in (
+                   taken.get(r.address, r) for r in ordered)], kind_ids, now,
+               host=_with_server(host, s.vcpus, s.ram_mb, verdict.cells),
+               current={**rows, **taken})
     granted = {a.request for a in verdict.assignments}
     not_granted = (*s.not_granted, *(str(r) for r in verdict.not_granted if r not in granted))
     conn.execute(insert(servers), {
@@ -180,9 +208,15 @@ def claim(conn: Connection, s: NewServer, host_id: int, decide: Decide, kind_ids
                      vendor_id=dev.vendor_id, product_id=dev.product_id,
                      dev_type=dev.dev_type, numa_node=dev.numa_node)
         for a in sorted(chosen) for dev in (rows[a].tracked.device,))
-    payload = {**s.payload, "server_id": s.id, "name": s.name, "vcpus": s.vcpus,
-               "ram_mb": s.ram_mb, "numa_cells": list(verdict.cells),
-               "devices": [{"address": str(a), "alias": chosen[a]} for a in sorted(chosen)]}
+    units = {x: i for i, u in enumerate(u for a in verdict.assignments for u in a.units)
+             for x in u.addresses}
+    payload = _payloads.spawn(
+        {"id": s.id, "name": s.name, "project": s.project},
+        {"vcpus": s.vcpus, "ram_mb": s.ram_mb, **s.payload.get("flavor", {})},
+        s.payload.get("image", {}),
+        [_payloads.device(a, chosen[a], rows[a].tracked.device.tags,
+                          units.get(a, len(units) + i)) for i, a in enumerate(sorted(chosen))],
+        verdict.cells)
     conn.execute(insert(tasks), {"host_id": host_id, "server_id": s.id, "kind": "spawn",
                                  "payload": payload, "state": "queued", "created_at": now,
                                  "updated_at": now})
@@ -206,7 +240,7 @@ def _lock_server(conn: Connection, server_id: str
     generation = 0
     if host_id is not None:
         generation = conn.execute(select(hosts.c.generation).where(hosts.c.id == host_id)
-                                  .with_for_update()).scalar_one()
+                                  .with_for_update(key_share=True)).scalar_one()
     server = conn.execute(select(servers).where(servers.c.id == server_id)
                           .with_for_update()).one()
     return server, host_id, generation
@@ -223,10 +257,12 @@ def release(conn: Connection, server_id: str, status: ServerStatus, fault: str |
             kind_ids: KindIds, facts: FactsCache, now: datetime) -> ServerRecord:
     """Free everything the server holds and set its status (DELETED, or ERROR with a fault).
 
-    Idempotent: a server already DELETED is returned as it is.
+    Idempotent: a server already DELETED is returned as it is, unless it still holds devices
+    (a forced delete keeps them until its host confirms the domain is gone).
     """
     server, host_id, generation = _lock_server(conn, server_id)
-    if server.status == ServerStatus.DELETED.value:
+    if server.status == ServerStatus.DELETED.value and conn.execute(
+            select(devices.c.id).where(devices.c.owner == server_id).limit(1)).first() is None:
         return get_server(conn, server_id)
     if host_id is not None:
         rows = load_rows(conn, host_id, cached=(facts, generation))

@@ -37,9 +37,10 @@ from pcipass.sched.units import dependants, unit_reasons
 from pcipass.store.engine import Transactions
 from pcipass.store.facts import FactsCache
 from pcipass.store.kinds import Kind, KindIds, StoreKey
+from pcipass.store.kindsets import sync_host_sets
 from pcipass.store.pools import drop_empty_pools
 from pcipass.store.rows import pool_values, to_record, to_tracked, tracked_values
-from pcipass.store.schema import device_tags, devices, hosts, pools
+from pcipass.store.schema import device_tags, devices, host_kinds, hosts, pools
 
 # Bump when the rules below change: hosts computed with an older version are recomputed
 # when the store opens (refresh_hosts).
@@ -204,8 +205,8 @@ def recount(derived: Iterable[Derived]) -> dict[StoreKey, PoolCount]:
 _POOL_COUNTS = (update(pools).where(pools.c.id == bindparam("b_id"))
                 .values(total=bindparam("b_total"), free=bindparam("b_free"),
                         usable=bindparam("b_usable")))
-_HOST_POOLS = select(pools.c.id, pools.c.key, pools.c.total, pools.c.free,
-                     pools.c.usable).where(pools.c.host_id == bindparam("host_id"))
+_HOST_POOLS = select(pools.c.id, pools.c.key, pools.c.total, pools.c.free, pools.c.usable,
+                     pools.c.kind_id).where(pools.c.host_id == bindparam("host_id"))
 
 
 def _stored_key(r: Row) -> StoreKey | None:
@@ -248,6 +249,13 @@ def sync_pool_rows(conn: Connection, host_id: int, counts: Mapping[StoreKey, Poo
     """Make the host's pool rows hold ``counts``; pools no longer counted get zeros (and go
     with drop_empty_pools once no device points at them). Returns each key's pool id."""
     existing = {r.key: r for r in conn.execute(_HOST_POOLS, {"host_id": host_id})}
+    unkinded = [(r.id, k) for k in counts if (r := existing.get(k.digest)) is not None
+                and r.kind_id is None]   # rows written before pool kinds existed
+    if unkinded:
+        known = kind_ids.ensure(conn, {k.kind for _i, k in unkinded})
+        conn.execute(update(pools).where(pools.c.id == bindparam("b_id"))
+                     .values(kind_id=bindparam("b_kind")),
+                     [{"b_id": i, "b_kind": known[k.kind]} for i, k in unkinded])
     ids: dict[StoreKey, int] = {}
     changed: list[dict[str, Any]] = []
     missing: list[StoreKey] = []
@@ -327,19 +335,25 @@ def write_host(conn: Connection, host_id: int, rows: Mapping[PciAddress, Row],
                targets: Sequence[Target], kind_ids: KindIds, now: datetime, *,
                facts: Collection[PciAddress] = (),
                derived: Sequence[Derived] | None = None,
-               host: Mapping[str, Any] | None = None) -> Written:
+               host: Mapping[str, Any] | None = None,
+               current: Mapping[PciAddress, Row] | None = None,
+               recount_pools: bool = False) -> Written:
     """Make the host's device rows, pools and ``pci_free`` agree with ``targets``.
 
     Devices in ``targets`` but not in ``rows`` are inserted, those only in ``rows`` deleted,
     those in ``facts`` rewritten whole, the others only where their bookkeeping moved.
     ``derived`` is ``derive(targets)`` when the caller computed it already; ``host`` more
-    values for the host row, written in the same statement.
+    values for the host row, written in the same statement; ``current`` the rows as this
+    transaction already rewrote them (a claim's predicate update), when not ``rows``: the
+    pools move from ``rows``, the bookkeeping is compared with ``current``.
+    ``recount_pools``: read the pool rows rather than trust that they hold the recount of
+    ``rows`` (when re-deriving a host written under older rules).
     """
     if derived is None:
         derived = derive(targets)
     counts = recount(derived)
-    known = None if facts or len(targets) != len(rows) else sync_known_pools(conn, rows,
-                                                                              counts)
+    known = None if facts or recount_pools or len(targets) != len(rows) else \
+        sync_known_pools(conn, rows, counts)
     pool_ids = known if known is not None else sync_pool_rows(conn, host_id, counts, kind_ids)
 
     def pool_id(d: Derived) -> int | None:
@@ -353,8 +367,9 @@ def write_host(conn: Connection, host_id: int, rows: Mapping[PciAddress, Row],
     full: list[dict[str, Any]] = []
     narrow: list[dict[str, Any]] = []
     added: list[dict[str, Any]] = []
+    now_rows = rows if current is None else current
     for d in derived:
-        row = rows.get(d.address)
+        row = now_rows.get(d.address)
         values = _bookkeeping(d, pool_id(d))
         if row is None:
             added.append({"host_id": host_id, "updated_at": now,
@@ -374,10 +389,50 @@ def write_host(conn: Connection, host_id: int, rows: Mapping[PciAddress, Row],
         # Plain executemany, no RETURNING: psycopg pipelines it; ids are read back by callers
         # that need them.
         conn.execute(insert(devices), added)
+    sync_host_kinds(conn, host_id, counts, kind_ids)
     pci_free = sum(1 for d in derived if d.usable)
     conn.execute(_HOST_DERIVED, {"b_id": host_id, "pci_free": pci_free,
                                  "derived": DERIVED_VERSION, **(host or {})})
     return Written(by_addr, pci_free)
+
+
+_HOST_KINDS = select(host_kinds.c.kind_id, host_kinds.c.usable).where(
+    host_kinds.c.host_id == bindparam("host_id"))
+_HOST_KIND_SET = (update(host_kinds)
+                  .where(host_kinds.c.host_id == bindparam("b_host"),
+                         host_kinds.c.kind_id == bindparam("b_kind"))
+                  .values(usable=bindparam("b_usable")))
+
+
+def kind_usable(counts: Mapping[StoreKey, PoolCount]) -> dict[Kind, int]:
+    out: dict[Kind, int] = {}
+    for key, c in counts.items():
+        out[key.kind] = out.get(key.kind, 0) + c.usable
+    return out
+
+
+def sync_host_kinds(conn: Connection, host_id: int, counts: Mapping[StoreKey, PoolCount],
+                    kind_ids: KindIds) -> None:
+    """``host_kinds`` for the host (one row per kind it has a pool of), and the kind sets
+    its changes touch."""
+    per_kind = kind_usable(counts)
+    ids = kind_ids.ensure(conn, per_kind)
+    wanted = {ids[k]: n for k, n in per_kind.items()}
+    stored = dict(conn.execute(_HOST_KINDS, {"host_id": host_id}).all())
+    changed = [{"b_host": host_id, "b_kind": k, "b_usable": n} for k, n in wanted.items()
+               if k in stored and stored[k] != n]
+    if changed:
+        conn.execute(_HOST_KIND_SET, changed)
+    new = [{"host_id": host_id, "kind_id": k, "usable": n} for k, n in wanted.items()
+           if k not in stored]
+    if new:
+        conn.execute(insert(host_kinds), new)
+    gone = [k for k in stored if k not in wanted]
+    if gone:
+        conn.execute(delete(host_kinds).where(host_kinds.c.host_id == host_id,
+                                              host_kinds.c.kind_id.in_(gone)))
+    moved = {c["b_kind"] for c in changed} | {n["kind_id"] for n in new} | set(gone)
+    sync_host_sets(conn, host_id, wanted, moved, kind_ids.sets)
 
 
 def _chunks(items: Sequence[int], size: int = 1000) -> Iterable[Sequence[int]]:
@@ -394,7 +449,8 @@ _HOST_DERIVED = update(hosts).where(hosts.c.id == bindparam("b_id"))
 def lock_host_id(conn: Connection, host: str) -> int | None:
     """The host's id, its row locked for this transaction (see the schema's lock order)."""
     host_id: int | None = conn.execute(
-        select(hosts.c.id).where(hosts.c.name == host).with_for_update()).scalar()
+        select(hosts.c.id).where(hosts.c.name == host)
+        .with_for_update(key_share=True)).scalar()
     return host_id
 
 
@@ -428,11 +484,12 @@ def refresh_hosts(tx: Transactions, kind_ids: KindIds, now: datetime) -> int:
     for host_id in stale:
         with tx.write() as conn:
             current = conn.execute(select(hosts.c.derived).where(hosts.c.id == host_id)
-                                   .with_for_update()).scalar()
+                                   .with_for_update(key_share=True)).scalar()
             if current is None or current >= DERIVED_VERSION:
                 continue  # another process got there first
             rows = load_rows(conn, host_id)
-            write_host(conn, host_id, rows, targets_of(rows.values()), kind_ids, now)
+            write_host(conn, host_id, rows, targets_of(rows.values()), kind_ids, now,
+                       recount_pools=True)
             drop_empty_pools(conn, host_id)
             done += 1
     return done

@@ -5,7 +5,7 @@ Optimistic concurrency, as a compare-and-swap on the host's generation::
     UPDATE hosts SET generation = generation + 1, ... WHERE id = ? AND generation = ?
 
 Zero rows updated means another writer got there first: :class:`GenerationConflict`, nothing
-written. The host row is read ``FOR UPDATE`` first (a no-op on SQLite, where ``BEGIN
+written. The host row is read ``FOR NO KEY UPDATE`` first (a no-op on SQLite, where ``BEGIN
 IMMEDIATE`` already holds the write lock), so a second agent waits for the first to commit and
 then fails fast on the generation instead of computing a plan from stale rows. The devices are
 read once, compared in Python (:func:`pcipass.pci.reconcile.reconcile`), and written with one
@@ -66,7 +66,7 @@ def report_inventory(tx: Transactions, host: str, generation: int | None,
     check_host_name(host)
     with tx.write() as conn:
         row = conn.execute(
-            select(hosts).where(hosts.c.name == host).with_for_update()
+            select(hosts).where(hosts.c.name == host).with_for_update(key_share=True)
         ).first()
         if row is None:
             return _create(conn, host, generation, inventory, now, kind_ids)

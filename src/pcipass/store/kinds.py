@@ -21,6 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from pcipass.pci.address import PciAddress
 from pcipass.pci.device import DevType, PciDevice
 from pcipass.pci.pool import PoolKey
+from pcipass.store.kindsets import KindSets
 from pcipass.store.schema import pool_kinds
 
 _NOWHERE = PciAddress(0, 0, 0, 0)
@@ -87,10 +88,12 @@ class StoreKey:
 
 class KindIds:
     """digest → id for kinds known to be committed; new ones are looked up again next time
-    (an id read inside a transaction that rolls back must not be remembered)."""
+    (an id read inside a transaction that rolls back must not be remembered). Also carries
+    the registered kind sets (:mod:`pcipass.store.kindsets`) every device writer keeps."""
 
     def __init__(self) -> None:
         self._ids: dict[str, int] = {}
+        self.sets = KindSets()
 
     def ensure(self, conn: Connection, kinds: Iterable[Kind]) -> dict[Kind, int]:
         wanted = {k.digest: k for k in kinds}

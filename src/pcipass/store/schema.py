@@ -1,10 +1,12 @@
 """The database schema, as SQLAlchemy Core tables (the migrations create exactly this).
 
-Shaped for the scheduler at 10,000 hosts and a million devices: it filters hosts on ``pools``
-(one row per host and group of interchangeable devices, counts kept current by every device
-write) with indexed SQL and only then reads the devices of the hosts it picked.
+Shaped for the scheduler at 10,000 hosts and a million devices: it narrows hosts with indexed
+SQL over ``host_kinds`` / ``host_kind_sets`` (usable devices per host and kind, kept current
+by every device write) and only then reads the devices of the few hosts it picked.
 
     hosts 1─* devices *─1 pools *─1 pool_kinds   (pools.host_id → hosts as well)
+    hosts 1─* host_kinds *─1 pool_kinds         (usable devices per host and kind)
+    hosts 1─* host_kind_sets *─1 kind_sets      (... and per set of kinds a request matches)
               devices 1─* device_tags    (tags as rows: an index serves tag filters on any DB)
     hosts 1─* servers 1─* tasks          (a server holds devices through devices.owner)
     aliases, flavors 1─* flavor_projects, images, quotas, projects, usage_records
@@ -13,16 +15,20 @@ write) with indexed SQL and only then reads the devices of the hosts it picked.
 Ownership lives in one place: ``devices.state/owner/owner_alias``. Everything else about a
 host's devices is derived from those and kept in step by every writer, in the same transaction
 (:mod:`pcipass.store.derive`): dependants' ``unavailable`` state, ``devices.reason``, the pools'
-``total/free/usable`` counts, and the host's ``used_*`` and ``pci_free`` counters.
+``total/free/usable`` counts, ``host_kinds`` and ``host_kind_sets``, and the host's ``used_*``
+and ``pci_free`` counters. ``hosts.derived`` says under which version of those rules.
 
 ``pool_kinds`` are the few distinct sets of attributes an alias can look at (vendor, product,
 type, class, driver, subsystem ids, tags) fleet-wide; matching aliases against kinds in Python
-and then pools by ``kind_id`` in SQL lets a scheduling decision narrow 10,000 hosts with one
-indexed query.
+and then hosts by ``kind_id`` in SQL lets a scheduling decision narrow 10,000 hosts with one
+index walk.
 
-Lock order for writers of one host's devices: the ``hosts`` row first (``SELECT ... FOR UPDATE``
-or the generation compare-and-swap), then (for quota checks) the ``projects`` row, then its
-devices, pools, servers and tasks.
+Lock order for writers of one host's devices: the ``hosts`` row first (``SELECT ... FOR NO KEY
+UPDATE`` or the generation compare-and-swap), then (for quota checks) the ``projects`` row, then
+its devices, pools, servers and tasks. ``NO KEY``: writers exclude each other, but rows that
+merely reference the host (a kind set's sums, a task) can still be inserted by others (their
+foreign key check takes ``FOR KEY SHARE``, which ``FOR UPDATE`` would block: a deadlock with a
+writer waiting on that inserter's ``host_kinds`` lock, see :mod:`pcipass.store.kindsets`).
 """
 
 from __future__ import annotations
@@ -68,7 +74,7 @@ Id = BigInteger().with_variant(Integer(), "sqlite")
 Json = JSON().with_variant(JSONB(), "postgresql")
 STORED_STATES = tuple(s.value for s in DeviceState if s is not DeviceState.RESERVED)
 TASK_KINDS = ("spawn", "destroy")
-TASK_STATES = ("queued", "running", "done", "failed")
+TASK_STATES = ("queued", "running", "done", "failed", "expired")
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -108,6 +114,8 @@ hosts = Table(
     Column("numa", Json, nullable=False),
     Column("last_report_at", UtcDateTime, nullable=True),
     Column("created_at", UtcDateTime, nullable=False),
+    # When its agent last asked for tasks (liveness).
+    Column("last_seen", UtcDateTime, nullable=True),
     # What servers hold: vCPUs, RAM, per NUMA node {"<id>": [cpus, ram_mb]} (NUMA guests).
     Column("used_vcpus", Integer, nullable=False, server_default="0"),
     Column("used_ram_mb", BigInteger, nullable=False, server_default="0"),
@@ -116,7 +124,7 @@ hosts = Table(
     Column("pci_free", Integer, nullable=False, server_default="0"),
     # The version of the derivation rules the host's derived columns were computed with.
     Column("derived", Integer, nullable=False, server_default="0"),
-    Index(None, "pci_free"),
+    Index(None, "pci_free", "id"),
 )
 
 pool_kinds = Table(
@@ -124,6 +132,35 @@ pool_kinds = Table(
     Column("id", Id, primary_key=True),
     Column("digest", String(64), nullable=False, unique=True),
     Column("descriptor", Json, nullable=False),
+)
+
+# Per host and kind, the usable devices (the sum over the host's pools of that kind): what
+# the scheduler's SQL sums and sorts, one row per host where a pool has several.
+host_kinds = Table(
+    "host_kinds", metadata,
+    Column("host_id", Id, ForeignKey("hosts.id", ondelete="CASCADE"), primary_key=True),
+    Column("kind_id", Id, ForeignKey("pool_kinds.id"), primary_key=True),
+    Column("usable", Integer, nullable=False),
+    Index(None, "kind_id", "usable", "host_id"),
+)
+
+# Sets of kinds that one request matches (an alias with alternatives, or one matching a
+# model under several drivers), registered the first time a boot asks for one, and each
+# host's usable devices of the set: one indexed walk finds the hosts for such a request, as
+# for a single kind, instead of summing ``host_kinds`` over every host.
+kind_sets = Table(
+    "kind_sets", metadata,
+    Column("id", Id, primary_key=True),
+    Column("digest", String(64), nullable=False, unique=True),
+    Column("kind_ids", Json, nullable=False),
+)
+
+host_kind_sets = Table(
+    "host_kind_sets", metadata,
+    Column("set_id", Id, ForeignKey("kind_sets.id"), primary_key=True),
+    Column("host_id", Id, ForeignKey("hosts.id", ondelete="CASCADE"), primary_key=True),
+    Column("usable", Integer, nullable=False),
+    Index(None, "set_id", "usable", "host_id"),
 )
 
 pools = Table(
@@ -281,6 +318,8 @@ servers = Table(
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
     Column("generation", Integer, nullable=False),
+    # The libvirt XML the agent defined (for admins), once the spawn succeeded.
+    Column("domain_xml", Text, nullable=True),
     CheckConstraint(_in("status", tuple(s.value for s in ServerStatus)), name="status"),
     Index(None, "project", "status"),
     Index(None, "host_id", "status"),
@@ -299,6 +338,7 @@ tasks = Table(
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
     Column("deadline", UtcDateTime, nullable=True),
+    Column("started_at", UtcDateTime, nullable=True),
     CheckConstraint(_in("kind", TASK_KINDS), name="kind"),
     CheckConstraint(_in("state", TASK_STATES), name="state"),
     Index(None, "host_id", "state"),

@@ -15,7 +15,8 @@ from pcipass.store.queries import check_limit, decode_marker, encode_marker
 from pcipass.store.rows import _address, shown_state
 from pcipass.store.schema import devices, hosts, servers
 
-LIVE = (ServerStatus.BUILDING.value, ServerStatus.ACTIVE.value)
+# Servers that hold their host's vCPUs and RAM (a DELETING one until its host confirms).
+LIVE = (ServerStatus.BUILDING.value, ServerStatus.ACTIVE.value, ServerStatus.DELETING.value)
 
 
 def _query() -> Any:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -40,7 +40,7 @@ from pcipass.store import servers as _servers
 from pcipass.store import tokens as _tokens
 from pcipass.store import usage as _usage
 from pcipass.store.candidates import Candidate, Counts, Need
-from pcipass.store.claims import Decide, NewServer
+from pcipass.store.claims import BootInputs, Decide, NewServer
 from pcipass.store.derive import change_device, refresh_hosts
 from pcipass.store.engine import Transactions, make_engine
 from pcipass.store.facts import FactsCache
@@ -223,6 +223,21 @@ class Store:
 
     # --- scheduling ---------------------------------------------------------------------
 
+    def boot_inputs(self, flavor: str, image: str, *, scope: str | None,
+                    project: str | None) -> BootInputs:
+        """What deciding a boot reads before the search, in one read: the flavor and image
+        (among those ``scope`` may see), the stored alias entries, the pool kinds, and
+        ``project``'s quotas with what it holds of them."""
+        with self._tx.read() as conn:
+            fl = _catalog.find_flavor(conn, flavor, scope)
+            im = _catalog.find_image(conn, image, scope)
+            entries = _catalog.alias_entries(conn)
+            self._kinds.refresh(conn)
+            limits = _usage.project_limits(conn, project) if project is not None else {}
+            held = _usage.held_per_alias(conn, project, list(limits)) if (
+                limits and project is not None) else {}
+        return BootInputs(fl, im, entries, self._kinds.examples, limits, held)
+
     def kinds(self) -> dict[int, PciDevice]:
         """An example device of every pool kind, by kind id (cached; see store.kinds)."""
         with self._tx.read() as conn:
@@ -230,17 +245,21 @@ class Store:
         return self._kinds.examples
 
     def candidates(self, needs: Sequence[Need], vcpus: int, ram_mb: int, *, spread: bool,
-                   limit: int, offset: int = 0) -> list[Candidate]:
-        """One page of the hosts that pass the SQL narrowing, best first."""
+                   limit: int, offset: int = 0, only: int | None = None) -> list[Candidate]:
+        """One page of the hosts that pass the SQL narrowing, best first (``only``: whether
+        that host passes)."""
+        kind_set = None
+        if len(needs) == 1 and len(needs[0].kind_ids) > 1:
+            kind_set = self._kind_ids.sets.ensure(self._tx, needs[0].kind_ids)
         with self._tx.read() as conn:
             return _candidates.candidates(conn, needs, vcpus, ram_mb, spread=spread,
-                                          limit=limit, offset=offset)
+                                          limit=limit, offset=offset, only=only,
+                                          kind_set=kind_set)
 
     def passes(self, needs: Sequence[Need], vcpus: int, ram_mb: int, host_id: int) -> bool:
         """Whether the host passes the SQL narrowing now."""
-        with self._tx.read() as conn:
-            return bool(_candidates.candidates(conn, needs, vcpus, ram_mb, spread=False,
-                                               limit=1, only=host_id))
+        return bool(self.candidates(needs, vcpus, ram_mb, spread=False, limit=1,
+                                    only=host_id))
 
     def placement_counts(self, needs: Sequence[Need], vcpus: int, ram_mb: int) -> Counts:
         """How many hosts fail which check first (for explanations)."""
@@ -305,19 +324,6 @@ class Store:
                                    self._kind_ids, self._facts, self._clock())
 
     # --- quotas and usage -------------------------------------------------------------------
-
-    def check_quota(self, project: str, asked: Mapping[str, int]) -> None:
-        """Raise QuotaExceeded if ``asked`` would take ``project`` over a limit (a pre-check;
-        the claim checks again under a lock)."""
-        with self._tx.read() as conn:
-            _usage.check_quota(conn, project, asked, lock=False)
-
-    def quota_headroom(self, project: str, aliases: Sequence[str]) -> dict[str, int]:
-        """For aliases with a quota: how many more devices ``project`` may take."""
-        with self._tx.read() as conn:
-            limits = _usage.limits(conn, project, aliases)
-            held = _usage.held_per_alias(conn, project, list(limits)) if limits else {}
-        return {a: max(0, n - held.get(a, 0)) for a, n in limits.items()}
 
     def set_quota(self, project: str, alias: str, limit: int) -> QuotaRecord:
         with self._tx.write() as conn:

@@ -33,6 +33,11 @@ def held_per_alias(conn: Connection, project: str, aliases: Sequence[str] | None
     return {alias: n for alias, n in conn.execute(q)}
 
 
+def project_limits(conn: Connection, project: str) -> dict[str, int]:
+    return dict(conn.execute(select(quotas.c.alias, quotas.c.device_limit).where(
+        quotas.c.project == project)).all())
+
+
 def limits(conn: Connection, project: str, aliases: Sequence[str]) -> dict[str, int]:
     return dict(conn.execute(select(quotas.c.alias, quotas.c.device_limit).where(
         quotas.c.project == project, quotas.c.alias.in_(aliases))).all())
@@ -41,6 +46,15 @@ def limits(conn: Connection, project: str, aliases: Sequence[str]) -> dict[str, 
 def quota_problem(project: str, alias: str, limit: int, held: int, asked: int) -> str:
     return (f"project {project} may hold {limit} {alias!r} device{'s' if limit != 1 else ''}, "
             f"holds {held}, asked for {asked}")
+
+
+def over_quota(project: str, asked: Mapping[str, int], limit: Mapping[str, int],
+               held: Mapping[str, int]) -> QuotaExceeded | None:
+    for alias, n in asked.items():
+        if n > 0 and alias in limit and held.get(alias, 0) + n > limit[alias]:
+            return QuotaExceeded(quota_problem(project, alias, limit[alias],
+                                               held.get(alias, 0), n), field="quota")
+    return None
 
 
 def check_quota(conn: Connection, project: str, asked: Mapping[str, int], *,
@@ -56,12 +70,9 @@ def check_quota(conn: Connection, project: str, asked: Mapping[str, int], *,
     if lock:
         conn.execute(select(projects.c.name).where(projects.c.name == project)
                      .with_for_update()).first()
-    held = held_per_alias(conn, project, list(limit))
-    for alias in wanted:
-        if alias in limit and held.get(alias, 0) + asked[alias] > limit[alias]:
-            raise QuotaExceeded(quota_problem(project, alias, limit[alias],
-                                              held.get(alias, 0), asked[alias]),
-                                field="quota")
+    problem = over_quota(project, asked, limit, held_per_alias(conn, project, list(limit)))
+    if problem is not None:
+        raise problem
 
 
 def set_quota(conn: Connection, project: str, alias: str, limit: int,

@@ -2,7 +2,8 @@
 
 ``DomainSpec`` (typed input) → ``build_domain_xml`` (lxml) → a ``VirtDriver``: the libvirt
 one on a real host, the fake one (files in a state directory) for the demo and tests. Driver
-failures are :class:`pcipass.errors.VirtError`.
+failures are :class:`pcipass.errors.VirtError`. :func:`from_payload` turns a spawn task's
+payload into a ``DomainSpec`` on the host that runs it.
 """
 
 from pcipass.virt.domain import (
@@ -18,6 +19,7 @@ from pcipass.virt.domain import (
     VirtType,
 )
 from pcipass.virt.driver import DEFAULT_URI, DriverKind, Operation, VirtDriver, open_driver
+from pcipass.virt.payload import from_payload
 from pcipass.virt.xml import GuestHostdev, build_domain_xml, read_hostdevs
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "VirtDriver",
     "VirtType",
     "build_domain_xml",
+    "from_payload",
     "open_driver",
     "read_hostdevs",
 ]

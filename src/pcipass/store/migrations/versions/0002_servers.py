@@ -39,7 +39,7 @@ def upgrade() -> None:
                                    server_default="0"))
         batch.add_column(sa.Column("derived", sa.Integer(), nullable=False,
                                    server_default="0"))
-    op.create_index("ix_hosts_pci_free", "hosts", ["pci_free"])
+    op.create_index("ix_hosts_pci_free_id", "hosts", ["pci_free", "id"])
 
     op.create_table(
         "pool_kinds",
@@ -49,6 +49,40 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_pool_kinds"),
         sa.UniqueConstraint("digest", name="uq_pool_kinds_digest"),
     )
+    op.create_table(
+        "host_kinds",
+        sa.Column("host_id", Id, nullable=False),
+        sa.Column("kind_id", Id, nullable=False),
+        sa.Column("usable", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("host_id", "kind_id", name="pk_host_kinds"),
+        sa.ForeignKeyConstraint(["host_id"], ["hosts.id"], name="fk_host_kinds_host_id_hosts",
+                                ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(["kind_id"], ["pool_kinds.id"],
+                                name="fk_host_kinds_kind_id_pool_kinds"),
+    )
+    op.create_index("ix_host_kinds_kind_id_usable_host_id", "host_kinds",
+                    ["kind_id", "usable", "host_id"])
+    op.create_table(
+        "kind_sets",
+        sa.Column("id", Id, nullable=False),
+        sa.Column("digest", sa.String(64), nullable=False),
+        sa.Column("kind_ids", Json, nullable=False),
+        sa.PrimaryKeyConstraint("id", name="pk_kind_sets"),
+        sa.UniqueConstraint("digest", name="uq_kind_sets_digest"),
+    )
+    op.create_table(
+        "host_kind_sets",
+        sa.Column("set_id", Id, nullable=False),
+        sa.Column("host_id", Id, nullable=False),
+        sa.Column("usable", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("set_id", "host_id", name="pk_host_kind_sets"),
+        sa.ForeignKeyConstraint(["set_id"], ["kind_sets.id"],
+                                name="fk_host_kind_sets_set_id_kind_sets"),
+        sa.ForeignKeyConstraint(["host_id"], ["hosts.id"],
+                                name="fk_host_kind_sets_host_id_hosts", ondelete="CASCADE"),
+    )
+    op.create_index("ix_host_kind_sets_set_id_usable_host_id", "host_kind_sets",
+                    ["set_id", "usable", "host_id"])
     with op.batch_alter_table("pools") as batch:
         batch.add_column(sa.Column("kind_id", Id, nullable=True))
         batch.add_column(sa.Column("usable", sa.Integer(), nullable=False, server_default="0"))
@@ -194,8 +228,11 @@ def downgrade() -> None:
         batch.drop_constraint("fk_pools_kind_id_pool_kinds", type_="foreignkey")
         batch.drop_column("usable")
         batch.drop_column("kind_id")
+    op.drop_table("host_kind_sets")
+    op.drop_table("kind_sets")
+    op.drop_table("host_kinds")
     op.drop_table("pool_kinds")
-    op.drop_index("ix_hosts_pci_free", "hosts")
+    op.drop_index("ix_hosts_pci_free_id", "hosts")
     with op.batch_alter_table("hosts") as batch:
         for column in ("derived", "pci_free", "numa_used", "used_ram_mb", "used_vcpus"):
             batch.drop_column(column)

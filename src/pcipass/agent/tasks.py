@@ -1,0 +1,673 @@
+"""The control plane's tasks on this host: each run at most once, across agent restarts.
+
+The agent long-polls ``GET /v1/hosts/{host}/tasks``, tells the server it starts a task
+(``POST /v1/tasks/{id}/start``; a 409 means it must not), runs it and reports the outcome
+(``POST /v1/tasks/{id}/result``). A journal in the state directory, one file per task written
+whole or not at all, carries what a restarted agent needs::
+
+    STATE/tasks/<id>.json   {"version": 1, "id", "host", "kind", "server_id", "payload",
+                             "phase": "started" | "finished" | "reported", "attempts": n,
+                             "detached": [address, ...], "result": null | {"ok", "message",
+                             "domain_xml"}, "reply": null | {...}, "started_at", "updated_at"}
+
+The rules (pure functions below; :class:`TaskRunner` is the thin shell that performs them):
+
+- a task with no journal is started on the server, journalled ``started`` and run;
+- a ``started`` task is run again from the top (every step checks what is already done: a
+  spawn whose domain is defined or running finishes without redoing it), after the server
+  confirms it may still run; a task the server no longer lets run is rolled back (a spawn's
+  domain, devices and disk are cleaned up) and never reported; after :data:`MAX_ATTEMPTS`
+  interrupted runs it fails instead of looping;
+- a ``finished`` task is never run again: its stored result is re-sent;
+- a spawn reported ok that the server answers ``accepted: false`` because the task expired
+  is rolled back: the server has freed its devices;
+- any spawn failure cleans up (destroy, undefine, re-attach unmanaged functions, remove the
+  overlay) and reports the driver's message; a destroy of a domain already gone succeeds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol
+
+from pcipass import errors
+from pcipass.agent.policy import BACKOFF_BASE_S, backoff_delay
+from pcipass.pci.address import PciAddress
+from pcipass.virt.domain import DomainSpec, VirtType
+from pcipass.virt.driver import VirtDriver
+from pcipass.virt.overlay import DiskOverlays
+from pcipass.virt.payload import (
+    domain_name,
+    domain_spec,
+    overlay_path,
+    parse_destroy,
+    parse_spawn,
+)
+from pcipass.virt.xml import build_domain_xml, read_hostdevs
+
+log = logging.getLogger("pcipass.agent.tasks")
+
+JSON = dict[str, Any]
+
+JOURNAL_VERSION = 1
+MAX_ATTEMPTS = 3          # runs of one task this host begins before it gives up
+DEFAULT_WAIT_S = 25.0     # long-poll wait
+RETENTION = timedelta(days=7)  # how long reported journals are kept
+IDLE_S = 1.0              # pause when a poll brought nothing new (a server that keeps listing)
+BACKOFF_CAP_S = 30.0
+
+
+# --- values -------------------------------------------------------------------------------
+
+class Kind(StrEnum):
+    SPAWN = "spawn"
+    DESTROY = "destroy"
+
+
+class Phase(StrEnum):
+    STARTED = "started"      # begun here; no outcome yet
+    FINISHED = "finished"    # outcome stored, not yet delivered to the server
+    REPORTED = "reported"    # the server answered the report (or the task was dropped)
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """A task as the server lists it."""
+
+    id: str
+    kind: str
+    server_id: str
+    payload: JSON
+    state: str = "queued"
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    ok: bool
+    message: str | None = None
+    domain_xml: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Journal:
+    id: str
+    host: str
+    kind: str
+    server_id: str
+    payload: JSON
+    phase: Phase
+    started_at: datetime
+    updated_at: datetime
+    attempts: int = 1
+    detached: tuple[str, ...] = ()
+    result: Result | None = None
+    reply: JSON | None = None
+
+
+def parse_task(obj: Any) -> Task:
+    """A listed task; :class:`~pcipass.errors.InvalidInput` when the server sent garbage."""
+    if not isinstance(obj, Mapping):
+        raise errors.InvalidInput("a listed task is not an object", field="tasks")
+    try:
+        tid, kind, server = obj["id"], obj["kind"], obj["server_id"]
+    except KeyError as exc:
+        raise errors.InvalidInput(f"a listed task has no {exc.args[0]}",
+                                  field=f"tasks.{exc.args[0]}") from None
+    payload = obj.get("payload") or {}
+    if not all(isinstance(v, str) and v for v in (tid, kind, server)) \
+            or not isinstance(payload, Mapping):
+        raise errors.InvalidInput(f"listed task {tid!r} is malformed", field="tasks")
+    if "/" in tid or tid.startswith(".") or "\0" in tid:
+        raise errors.InvalidInput(f"listed task id {tid!r} cannot name a journal file",
+                                  field="tasks.id")
+    return Task(tid, kind, server, dict(payload), str(obj.get("state") or "queued"))
+
+
+# --- decisions ----------------------------------------------------------------------------
+
+class Do(StrEnum):
+    RUN = "run"          # new here: start on the server, journal, run
+    RESUME = "resume"    # begun before a restart: confirm with the server, run again
+    GIVE_UP = "give_up"  # begun too often: clean up and report a failure
+    RESEND = "resend"    # finished: send the stored result again, never rerun
+
+
+def on_task(journal: Journal | None, *, max_attempts: int = MAX_ATTEMPTS) -> Do:
+    if journal is None:
+        return Do.RUN
+    if journal.result is not None:
+        return Do.RESEND
+    if journal.attempts >= max_attempts:
+        return Do.GIVE_UP
+    return Do.RESUME
+
+
+def pending(journals: Iterable[Journal], host: str) -> list[Journal]:
+    """This host's journals the server has not yet answered for, oldest first."""
+    return sorted((j for j in journals if j.host == host and j.phase is not Phase.REPORTED),
+                  key=lambda j: (j.started_at, j.id))
+
+
+def prunable(journals: Iterable[Journal], now: datetime,
+             retention: timedelta = RETENTION) -> list[str]:
+    """Reported journals old enough to forget (the server lists none of them any more)."""
+    return [j.id for j in journals
+            if j.phase is Phase.REPORTED and now - j.updated_at > retention]
+
+
+class Step(StrEnum):
+    CREATE_DISK = "create_disk"
+    DETACH = "detach"
+    DEFINE = "define"
+    START = "start"
+    DESTROY = "destroy"
+    UNDEFINE = "undefine"
+    REATTACH = "reattach"
+    REMOVE_DISK = "remove_disk"
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """What the hypervisor holds of the domain now."""
+
+    exists: bool
+    active: bool
+
+
+def spawn_plan(seen: Seen) -> tuple[Step, ...]:
+    """What is left of a spawn. A running domain is done (its disk and detached functions
+    came before it); anything less is redone from the disk on, each step being idempotent:
+    the disk is kept when present, detaching a detached function and redefining the same
+    domain change nothing."""
+    if seen.active:
+        return ()
+    return (Step.CREATE_DISK, Step.DETACH, Step.DEFINE, Step.START)
+
+
+def teardown_plan(seen: Seen) -> tuple[Step, ...]:
+    """Undo a domain: power off, forget, give the functions back, drop the disk."""
+    steps = [Step.DESTROY] if seen.active else []
+    if seen.exists:
+        steps.append(Step.UNDEFINE)
+    return (*steps, Step.REATTACH, Step.REMOVE_DISK)
+
+
+class AfterReport(StrEnum):
+    DONE = "done"            # the server took the result, or there is nothing to undo
+    ROLL_BACK = "roll_back"  # a spawn the server gave up on meanwhile: undo it here
+    RETRY = "retry"          # the reply makes no sense; keep the result for the next try
+
+
+def after_report(kind: str, result: Result, reply: Any) -> AfterReport:
+    """What a report's reply asks of the agent.
+
+    ``accepted: false`` on a successful spawn means the control plane had already failed the
+    task (its deadline passed) and freed the devices, so the running domain must go. The
+    reply's ``state`` guards the other reason a result is refused, a re-send after the first
+    one was taken but its reply lost: then the task is ``done`` and the domain must stay.
+    """
+    if not isinstance(reply, Mapping) or not isinstance(reply.get("accepted"), bool):
+        return AfterReport.RETRY
+    if reply["accepted"] or kind != Kind.SPAWN or not result.ok:
+        return AfterReport.DONE
+    return AfterReport.ROLL_BACK if reply.get("state") in ("expired", "failed") \
+        else AfterReport.DONE
+
+
+# --- the journal --------------------------------------------------------------------------
+
+def _iso(t: datetime) -> str:
+    return t.astimezone(UTC).isoformat()
+
+
+def journal_to_json(j: Journal) -> JSON:
+    return {
+        "version": JOURNAL_VERSION, "id": j.id, "host": j.host, "kind": j.kind,
+        "server_id": j.server_id, "payload": j.payload, "phase": j.phase.value,
+        "attempts": j.attempts, "detached": list(j.detached),
+        "result": None if j.result is None else {
+            "ok": j.result.ok, "message": j.result.message, "domain_xml": j.result.domain_xml},
+        "reply": j.reply, "started_at": _iso(j.started_at), "updated_at": _iso(j.updated_at),
+    }
+
+
+def journal_from_json(obj: Any) -> Journal:
+    """A journal file's content; ValueError/KeyError/TypeError when it is not one."""
+    if not isinstance(obj, Mapping) or obj.get("version") != JOURNAL_VERSION:
+        raise ValueError("not a version-1 task journal")
+    res = obj.get("result")
+    return Journal(
+        id=str(obj["id"]), host=str(obj["host"]), kind=str(obj["kind"]),
+        server_id=str(obj["server_id"]), payload=dict(obj.get("payload") or {}),
+        phase=Phase(obj["phase"]), attempts=int(obj.get("attempts") or 1),
+        detached=tuple(str(a) for a in obj.get("detached") or ()),
+        result=None if res is None else Result(bool(res["ok"]), res.get("message"),
+                                                res.get("domain_xml")),
+        reply=obj.get("reply"),
+        started_at=datetime.fromisoformat(obj["started_at"]),
+        updated_at=datetime.fromisoformat(obj["updated_at"]),
+    )
+
+
+class JournalDir:
+    """``STATE/tasks``: one JSON file per task, replaced atomically and synced."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def _file(self, task_id: str) -> Path:
+        if not task_id or "/" in task_id or task_id.startswith("."):
+            raise errors.InvalidInput(f"task id {task_id!r} cannot name a file", field="id")
+        return self.path / f"{task_id}.json"
+
+    def load(self, task_id: str) -> Journal | None:
+        path = self._file(task_id)
+        try:
+            return journal_from_json(json.loads(path.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            # A task this host cannot account for must not run twice: treat it as begun.
+            log.error("task journal %s is unreadable (%s); the task counts as interrupted",
+                      path, exc)
+            return None if not path.exists() else _unreadable(task_id)
+
+    def save(self, j: Journal) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        path = self._file(j.id)
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{j.id}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(journal_to_json(j), f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def all(self) -> list[Journal]:
+        if not self.path.is_dir():
+            return []
+        out = []
+        for p in sorted(self.path.glob("*.json")):
+            j = self.load(p.stem)
+            if j is not None and j.kind != "?":
+                out.append(j)
+        return out
+
+    def remove(self, task_id: str) -> None:
+        self._file(task_id).unlink(missing_ok=True)
+
+
+def _unreadable(task_id: str) -> Journal:
+    """Stands in for a journal that exists but cannot be read: begun, payload unknown."""
+    now = datetime.now(UTC)
+    return Journal(task_id, "", "?", "", {}, Phase.STARTED, now, now, attempts=MAX_ATTEMPTS)
+
+
+# --- the shell ----------------------------------------------------------------------------
+
+class TaskApi(Protocol):
+    """The calls the runner makes (:class:`pcipass.cli.client.ApiClient` has them)."""
+
+    def poll_tasks(self, host: str, wait: float = 0.0) -> list[JSON]: ...
+
+    def start_task(self, task_id: str) -> JSON: ...
+
+    def report_task(self, task_id: str, ok: bool, message: str | None = None,
+                    domain_xml: str | None = None) -> JSON: ...
+
+
+def _message(exc: BaseException) -> str:
+    return exc.message if isinstance(exc, errors.PcipassError) else f"{type(exc).__name__}: {exc}"
+
+
+@dataclass
+class TaskRunner:
+    """Polls, runs and reports this host's tasks until ``stop`` is set.
+
+    ``open_driver`` is called when a driver is first needed and again after it failed to
+    open, so a host whose libvirtd is down keeps reporting inventory and picks tasks up once
+    libvirt answers. ``host_cpus`` gives each NUMA node's CPUs (from discovery).
+    """
+
+    client: TaskApi
+    host: str
+    state_dir: Path
+    open_driver: Callable[[], VirtDriver]
+    overlays: DiskOverlays
+    host_cpus: Callable[[], Mapping[int, Sequence[int]]]
+    wait: float = DEFAULT_WAIT_S
+    virt_type: VirtType = VirtType.KVM
+    stop: threading.Event = field(default_factory=threading.Event)
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    rand: Callable[[], float] = random.random
+    max_attempts: int = MAX_ATTEMPTS
+    backoff_base: float = BACKOFF_BASE_S
+    busy: bool = False          # inside a task (the loop's shutdown waits for it)
+
+    def __post_init__(self) -> None:
+        self.journals = JournalDir(self.state_dir / "tasks")
+        self.driver: VirtDriver | None = None
+        self._unsettled: set[str] | None = None   # journals not REPORTED; None: scan the dir
+        self._pruned_at: datetime | None = None
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Poll and run until stopped; failures back off, never end the loop."""
+        failures = 0
+        log.info("task loop for %s started (long-poll %.0fs)", self.host, self.wait)
+        while not self.stop.is_set():
+            try:
+                progressed = self.run_once()
+                failures = 0
+                if not progressed:
+                    self.stop.wait(IDLE_S)
+            except Exception as exc:  # the loop must outlive any failure
+                if self.stop.is_set():
+                    break
+                failures += 1
+                delay = backoff_delay(failures, self.rand(), base=self.backoff_base,
+                                      cap=BACKOFF_CAP_S)
+                if isinstance(exc, errors.PcipassError):
+                    log.warning("task loop: %s; retry in %.1fs", exc.message, delay)
+                else:
+                    log.exception("task loop failed; retry in %.1fs", delay)
+                self.stop.wait(delay)
+        self.close()
+        log.info("task loop for %s stopped", self.host)
+
+    def close(self) -> None:
+        if self.driver is not None:
+            self.driver.close()
+            self.driver = None
+
+    def ensure_driver(self) -> VirtDriver:
+        if self.driver is None:
+            self.driver = self.open_driver()
+        return self.driver
+
+    def run_once(self) -> bool:
+        """Finish what earlier runs left, then one poll and its tasks. True when something
+        changed (a task ran, resumed or got its result delivered)."""
+        self.ensure_driver()
+        progressed = self.recover()
+        if self.stop.is_set():
+            return progressed
+        listed = self.client.poll_tasks(self.host, self.wait)
+        for obj in listed:
+            if self.stop.is_set():
+                break
+            try:
+                task = parse_task(obj)
+            except errors.InvalidInput as exc:
+                log.error("ignoring a task the server listed: %s", exc.message)
+                continue
+            progressed = self.handle(task) or progressed
+        self.prune()
+        return progressed
+
+    def recover(self) -> bool:
+        """Journals the server has not answered for: re-send results, resume runs. The whole
+        directory is read once (after a restart); then only what this process left open."""
+        if self._unsettled is None:
+            todo = pending(self.journals.all(), self.host)
+            self._unsettled = {j.id for j in todo}
+        else:
+            loaded = (self.journals.load(t) for t in sorted(self._unsettled))
+            todo = pending((j for j in loaded if j is not None), self.host)
+        progressed = False
+        for j in todo:
+            if self.stop.is_set():
+                break
+            task = Task(j.id, j.kind, j.server_id, j.payload, "running")
+            progressed = self.handle(task) or progressed
+        return progressed
+
+    def prune(self, every: timedelta = timedelta(hours=1)) -> None:
+        now = self.clock()
+        if self._pruned_at is not None and now - self._pruned_at < every:
+            return
+        self._pruned_at = now
+        for tid in prunable(self.journals.all(), now):
+            self.journals.remove(tid)
+
+    # -- one task -------------------------------------------------------------------------
+
+    def handle(self, task: Task) -> bool:
+        """Do what :func:`on_task` decides for ``task``; True when something changed."""
+        journal = self.journals.load(task.id)
+        if journal is not None and journal.kind == "?":
+            journal = replace(journal, host=self.host, kind=task.kind,
+                              server_id=task.server_id, payload=task.payload)
+        decision = on_task(journal, max_attempts=self.max_attempts)
+        if decision is Do.RESEND:
+            assert journal is not None
+            if journal.phase is Phase.REPORTED and journal.reply is not None \
+                    and journal.reply.get("accepted"):
+                return False  # delivered and taken; the server will stop listing it
+            return self.report(journal)
+        self.busy = True
+        try:
+            if decision is Do.RUN:
+                return self._run_new(task)
+            assert journal is not None
+            if not self._may_run(journal):
+                return True
+            if decision is Do.GIVE_UP:
+                log.error("task %s (%s of server %s) was interrupted %d times; giving up",
+                          task.id, task.kind, task.server_id, journal.attempts)
+                result = self._give_up(journal)
+            else:
+                log.info("resuming task %s (%s of server %s), attempt %d", task.id, task.kind,
+                         task.server_id, journal.attempts + 1)
+                journal, result = self._execute(
+                    self._save(replace(journal, attempts=journal.attempts + 1)))
+            return self.report(self._finish(journal, result))
+        finally:
+            self.busy = False
+
+    def _run_new(self, task: Task) -> bool:
+        try:
+            self.client.start_task(task.id)
+        except errors.Conflict as exc:
+            log.info("task %s is not runnable any more: %s", task.id, exc.message)
+            return False
+        now = self.clock()
+        journal = self._save(Journal(task.id, self.host, task.kind, task.server_id,
+                                     task.payload, Phase.STARTED, now, now))
+        log.info("running task %s: %s of server %s", task.id, task.kind, task.server_id)
+        return self.report(self._finish(*self._execute(journal)))
+
+    def _may_run(self, journal: Journal) -> bool:
+        """Ask the server whether a begun task still runs; roll it back here when not."""
+        try:
+            self.client.start_task(journal.id)
+        except errors.Conflict as exc:
+            log.warning("task %s was begun here but the server ended it (%s); undoing it",
+                        journal.id, exc.message)
+            if journal.kind == Kind.SPAWN:
+                self._roll_back(journal)
+            self._save(replace(journal, phase=Phase.REPORTED, result=Result(
+                False, f"not runnable any more: {exc.message}"), updated_at=self.clock()))
+            return False
+        return True
+
+    def _execute(self, journal: Journal) -> tuple[Journal, Result]:
+        """Run the task; the journal as it now stands (a run records the functions it
+        detaches before detaching them) and the outcome."""
+        try:
+            if journal.kind == Kind.SPAWN:
+                return self._spawn(journal)
+            if journal.kind == Kind.DESTROY:
+                return self._destroy(journal)
+            return journal, Result(False, f"this agent cannot run {journal.kind!r} tasks")
+        except Exception as exc:  # a bug must still end the task, not loop it
+            if not isinstance(exc, errors.PcipassError):
+                log.exception("task %s failed unexpectedly", journal.id)
+            return self.journals.load(journal.id) or journal, Result(False, _message(exc))
+
+    def _give_up(self, journal: Journal) -> Result:
+        if journal.kind == Kind.SPAWN:
+            self._roll_back(journal)
+        return Result(False, f"the agent on {self.host} was interrupted {journal.attempts} "
+                             f"times while running this {journal.kind}; gave up")
+
+    def _finish(self, journal: Journal, result: Result) -> Journal:
+        return self._save(replace(journal, phase=Phase.FINISHED, result=result,
+                                  updated_at=self.clock()))
+
+    def _save(self, journal: Journal) -> Journal:
+        self.journals.save(journal)
+        if self._unsettled is not None:
+            if journal.phase is Phase.REPORTED:
+                self._unsettled.discard(journal.id)
+            else:
+                self._unsettled.add(journal.id)
+        return journal
+
+    def report(self, journal: Journal) -> bool:
+        """Deliver the stored result and act on the reply. Transport failures propagate (the
+        loop backs off; the journal keeps the result for the next try)."""
+        result = journal.result
+        assert result is not None
+        reply = self.client.report_task(journal.id, result.ok, result.message,
+                                        result.domain_xml)
+        then = after_report(journal.kind, result, reply)
+        if then is AfterReport.RETRY:
+            raise errors.InfrastructureError(f"the server's reply to task {journal.id}'s result "
+                                             f"makes no sense: {reply!r}")
+        if then is AfterReport.ROLL_BACK:
+            log.warning("server refused the result of task %s (%s); undoing the spawn",
+                        journal.id, reply.get("state"))
+            self._roll_back(journal)
+        elif not reply["accepted"] and journal.kind == Kind.SPAWN and result.ok \
+                and "state" not in reply:
+            log.warning("server refused the result of task %s without saying why; the "
+                        "domain of server %s is left running", journal.id, journal.server_id)
+        level = logging.INFO if result.ok else logging.WARNING
+        log.log(level, "task %s (%s of server %s): %s%s", journal.id, journal.kind,
+                journal.server_id, "ok" if result.ok else f"failed: {result.message}",
+                "" if reply.get("accepted") else " (not accepted)")
+        self._save(replace(journal, phase=Phase.REPORTED, reply=dict(reply),
+                           updated_at=self.clock()))
+        return True
+
+    # -- spawn and destroy ----------------------------------------------------------------
+
+    def _spec(self, journal: Journal) -> tuple[DomainSpec, int]:
+        p = parse_spawn(journal.payload)
+        spec = domain_spec(p, host_cpus=self.host_cpus(), state_dir=self.state_dir,
+                           virt_type=self.virt_type)
+        return spec, p.disk_gb
+
+    def _seen(self, name: str) -> Seen:
+        driver = self.ensure_driver()
+        exists = driver.exists(name)
+        return Seen(exists, exists and driver.is_active(name))
+
+    def _spawn(self, journal: Journal) -> tuple[Journal, Result]:
+        spec, disk_gb = self._spec(journal)   # invalid payload: fails before touching anything
+        driver = self.ensure_driver()
+        detach = tuple(str(a) for a in spec.unmanaged_addresses)
+        if set(detach) - set(journal.detached):
+            journal = self._save(replace(journal, detached=tuple(
+                sorted({*journal.detached, *detach})), updated_at=self.clock()))
+        try:
+            for step in spawn_plan(self._seen(spec.name)):
+                if step is Step.CREATE_DISK and spec.disk is not None:
+                    self.overlays.create(spec.disk, size_gb=disk_gb)
+                elif step is Step.DETACH:
+                    for a in spec.unmanaged_addresses:
+                        driver.nodedev_detach(a)
+                elif step is Step.DEFINE:
+                    driver.define(build_domain_xml(spec))
+                elif step is Step.START:
+                    driver.start(spec.name)
+            return journal, Result(True, None, driver.get_xml(spec.name))
+        except Exception as exc:  # whatever broke, the host must not keep half a guest
+            log.warning("spawn of server %s failed: %s; cleaning up", journal.server_id,
+                        _message(exc))
+            problems = self._teardown(spec.name, _addresses(journal.detached),
+                                      spec.disk.overlay if spec.disk else None, strict=False)
+            extra = f" (cleanup: {'; '.join(problems)})" if problems else ""
+            return journal, Result(False, _message(exc) + extra)
+
+    def _roll_back(self, journal: Journal) -> None:
+        """Undo a spawn whatever it got to (best effort, logged)."""
+        name = domain_name(journal.server_id)
+        problems = self._teardown(name, _addresses(journal.detached),
+                                  overlay_path(self.state_dir, journal.server_id), strict=False)
+        for p in problems:
+            log.error("rolling back task %s: %s", journal.id, p)
+
+    def _destroy(self, journal: Journal) -> tuple[Journal, Result]:
+        p = parse_destroy(journal.payload)
+        driver = self.ensure_driver()
+        name = domain_name(p.server.id)
+        reattach = {str(d.address) for d in p.devices if not d.managed} | set(journal.detached)
+        if driver.exists(name):
+            # The domain knows which functions it holds unmanaged, whatever the payload says.
+            reattach |= {str(h.host) for h in read_hostdevs(driver.get_xml(name),
+                                                           interfaces=True) if not h.managed}
+        if reattach - set(journal.detached):
+            journal = self._save(replace(journal, detached=tuple(sorted(reattach)),
+                                         updated_at=self.clock()))
+        problems = self._teardown(name, _addresses(journal.detached),
+                                  overlay_path(self.state_dir, p.server.id), strict=True)
+        if problems:
+            return journal, Result(False, "; ".join(problems))
+        return journal, Result(True)
+
+    def _teardown(self, name: str, detached: Sequence[PciAddress], overlay: str | Path | None,
+                  *, strict: bool) -> list[str]:
+        """Run :func:`teardown_plan`; the problems met, in words. ``strict`` stops at the first
+        domain or device failure (a destroy must not report the devices free while they are
+        not); otherwise every step is tried. A disk that cannot be removed is only logged."""
+        driver = self.ensure_driver()
+        problems: list[str] = []
+        try:
+            plan = teardown_plan(self._seen(name))
+        except errors.PcipassError as exc:
+            return [exc.message]
+        for step in plan:
+            try:
+                if step is Step.DESTROY:
+                    driver.destroy(name)
+                elif step is Step.UNDEFINE:
+                    if driver.exists(name):    # a transient domain vanished with destroy
+                        driver.undefine(name)
+                elif step is Step.REATTACH:
+                    for a in detached:
+                        try:
+                            driver.nodedev_reattach(a)
+                        except errors.PcipassError as exc:
+                            problems.append(exc.message)
+                            if strict:
+                                return problems
+                elif step is Step.REMOVE_DISK and overlay is not None:
+                    try:
+                        self.overlays.remove(overlay)
+                    except errors.PcipassError as exc:
+                        log.warning("cannot remove disk of %s: %s", name, exc.message)
+            except errors.PcipassError as exc:
+                problems.append(exc.message)
+                if strict:
+                    return problems
+        return problems
+
+
+def _addresses(texts: Iterable[str]) -> tuple[PciAddress, ...]:
+    return tuple(sorted(PciAddress.parse(t) for t in texts))

@@ -1,0 +1,318 @@
+"""A task's payload (JSON from the control plane) as typed values, and the guest it asks for.
+
+The control plane sends what it decided: the server, its flavor and image, the claimed devices
+(``unit`` numbers tie functions assigned as one IOMMU unit) and the guest NUMA cells with the
+host node each one is on. :func:`parse_spawn` and :func:`parse_destroy` check it once, naming
+the offending field; :func:`from_payload` adds what only the host knows (the CPUs of each NUMA
+node, where its state directory is) and returns the :class:`DomainSpec`. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from pcipass.errors import InvalidInput
+from pcipass.pci.address import PciAddress
+from pcipass.virt.domain import (
+    BootDisk,
+    DiskFormat,
+    DomainSpec,
+    GuestCell,
+    HostdevUnit,
+    NumaPlacement,
+    VirtType,
+)
+
+__all__ = [
+    "DISK_FORMAT_PROPERTY",
+    "DOMAIN_PREFIX",
+    "DestroyPayload",
+    "PayloadCell",
+    "PayloadDevice",
+    "ServerRef",
+    "SpawnPayload",
+    "domain_name",
+    "domain_spec",
+    "from_payload",
+    "overlay_path",
+    "parse_destroy",
+    "parse_spawn",
+    "unmanaged_addresses",
+]
+
+DOMAIN_PREFIX = "pcipass-"
+DISK_FORMAT_PROPERTY = "disk_format"   # the image property naming its file's format (Glance's)
+DISKS_DIR = "disks"
+
+
+def _bad(message: str, field: str) -> InvalidInput:
+    return InvalidInput(f"invalid task payload: {message}", field=field)
+
+
+def _object(obj: Any, field: str) -> Mapping[str, Any]:
+    if not isinstance(obj, Mapping):
+        raise _bad(f"{field} must be an object, not {type(obj).__name__}", field)
+    return obj
+
+
+def _get(obj: Mapping[str, Any], key: str, where: str) -> Any:
+    field = f"{where}.{key}" if where else key
+    if key not in obj:
+        raise _bad(f"{field} is missing", field)
+    return obj[key]
+
+
+def _str(value: Any, field: str, *, empty: bool = False) -> str:
+    if not isinstance(value, str) or (not empty and not value):
+        raise _bad(f"{field} must be a non-empty string, not {value!r}", field)
+    return value
+
+
+def _int(value: Any, field: str, *, low: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad(f"{field} must be an integer, not {value!r}", field)
+    if value < low:
+        raise _bad(f"{field} must be at least {low}, not {value}", field)
+    return value
+
+
+def _list(value: Any, field: str) -> Sequence[Any]:
+    if not isinstance(value, list):
+        raise _bad(f"{field} must be a list, not {type(value).__name__}", field)
+    return value
+
+
+def _strings(value: Any, field: str) -> dict[str, str]:
+    obj = _object(value if value is not None else {}, field)
+    for k, v in obj.items():
+        if not isinstance(v, str):
+            raise _bad(f"{field}.{k} must be a string, not {v!r}", f"{field}.{k}")
+    return {str(k): v for k, v in obj.items()}
+
+
+# --- the values ---------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class ServerRef:
+    id: UUID
+    name: str
+    project: str
+
+
+@dataclass(frozen=True, slots=True)
+class PayloadDevice:
+    """A claimed host function. ``unit`` groups functions assigned together (None: alone)."""
+
+    address: PciAddress
+    managed: bool = True
+    alias: str | None = None
+    unit: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PayloadCell:
+    """A guest NUMA cell as the scheduler placed it: its vCPU ids, memory and host node."""
+
+    id: int
+    host_node: int
+    vcpus: tuple[int, ...]
+    memory_mb: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnPayload:
+    server: ServerRef
+    vcpus: int
+    ram_mb: int
+    disk_gb: int
+    image_name: str
+    image_source: str
+    disk_format: DiskFormat
+    devices: tuple[PayloadDevice, ...]
+    cells: tuple[PayloadCell, ...] | None
+
+
+@dataclass(frozen=True, slots=True)
+class DestroyPayload:
+    server: ServerRef
+    devices: tuple[PayloadDevice, ...]
+
+
+# --- parsing ------------------------------------------------------------------------------
+
+def _server(obj: Mapping[str, Any]) -> ServerRef:
+    s = _object(_get(obj, "server", ""), "server")
+    text = _str(_get(s, "id", "server"), "server.id")
+    try:
+        sid = UUID(text)
+    except ValueError:
+        raise _bad(f"server.id {text!r} is not a UUID", "server.id") from None
+    return ServerRef(sid, _str(s.get("name") or str(sid), "server.name"),
+                     _str(s.get("project") or "", "server.project", empty=True))
+
+
+def _device(obj: Any, where: str, *, unit: bool) -> PayloadDevice:
+    d = _object(obj, where)
+    text = _str(_get(d, "address", where), f"{where}.address")
+    address = PciAddress.parse(text, field=f"{where}.address")
+    managed = d.get("managed", True)
+    if not isinstance(managed, bool):
+        raise _bad(f"{where}.managed must be true or false, not {managed!r}",
+                   f"{where}.managed")
+    alias = d.get("alias")
+    if alias is not None:
+        alias = _str(alias, f"{where}.alias")
+    number = d.get("unit") if unit else None
+    if number is not None:
+        number = _int(number, f"{where}.unit")
+    return PayloadDevice(address, managed, alias, number)
+
+
+def _devices(obj: Mapping[str, Any], *, unit: bool) -> tuple[PayloadDevice, ...]:
+    raw = _list(obj.get("devices") if obj.get("devices") is not None else [], "devices")
+    out = tuple(_device(d, f"devices[{i}]", unit=unit) for i, d in enumerate(raw))
+    seen: set[PciAddress] = set()
+    for i, d in enumerate(out):
+        if d.address in seen:
+            raise _bad(f"device {d.address} is listed twice", f"devices[{i}].address")
+        seen.add(d.address)
+    return out
+
+
+def _cells(obj: Any, vcpus: int) -> tuple[PayloadCell, ...] | None:
+    """Cells' ``vcpus`` may be a count (vCPU ids follow on from the previous cell's) or the
+    list of ids itself."""
+    if obj is None:
+        return None
+    numa = _object(obj, "numa")
+    raw = _list(_get(numa, "cells", "numa"), "numa.cells")
+    if not raw:
+        raise _bad("numa.cells is empty (send null for a guest without NUMA topology)",
+                   "numa.cells")
+    out: list[PayloadCell] = []
+    next_cpu = 0
+    for i, c in enumerate(raw):
+        where = f"numa.cells[{i}]"
+        cell = _object(c, where)
+        given = _get(cell, "vcpus", where)
+        ids: tuple[int, ...]
+        if isinstance(given, list):
+            ids = tuple(_int(v, f"{where}.vcpus[{j}]") for j, v in enumerate(given))
+        else:
+            count = _int(given, f"{where}.vcpus", low=1)
+            ids = tuple(range(next_cpu, next_cpu + count))
+        if not ids:
+            raise _bad(f"{where}.vcpus is empty", f"{where}.vcpus")
+        next_cpu = max(ids) + 1
+        out.append(PayloadCell(
+            id=_int(cell.get("id", i), f"{where}.id"),
+            host_node=_int(_get(cell, "host_node", where), f"{where}.host_node"),
+            vcpus=ids,
+            memory_mb=_int(_get(cell, "memory_mb", where), f"{where}.memory_mb", low=1),
+        ))
+    total = sum(len(c.vcpus) for c in out)
+    if total != vcpus:
+        raise _bad(f"the NUMA cells hold {total} vCPUs, the flavor {vcpus}", "numa.cells")
+    return tuple(out)
+
+
+def parse_spawn(obj: Any) -> SpawnPayload:
+    """A spawn task's payload, checked; :class:`InvalidInput` names the field at fault."""
+    p = _object(obj, "payload")
+    server = _server(p)
+    flavor = _object(_get(p, "flavor", ""), "flavor")
+    image = _object(_get(p, "image", ""), "image")
+    vcpus = _int(_get(flavor, "vcpus", "flavor"), "flavor.vcpus", low=1)
+    ram_mb = _int(_get(flavor, "ram_mb", "flavor"), "flavor.ram_mb", low=1)
+    disk_gb = _int(flavor.get("disk_gb") or 0, "flavor.disk_gb")
+    name = _str(image.get("name") or "", "image.name", empty=True)
+    source = image.get("source")
+    if not isinstance(source, str) or not source.startswith("/"):
+        raise _bad(f"image {name or '?'} has no source file on the host "
+                   f"(image.source is {source!r}, an absolute path is needed)", "image.source")
+    props = _strings(image.get("properties"), "image.properties")
+    fmt_text = props.get(DISK_FORMAT_PROPERTY, DiskFormat.QCOW2.value)
+    try:
+        fmt = DiskFormat(fmt_text)
+    except ValueError:
+        allowed = ", ".join(f.value for f in DiskFormat)
+        raise _bad(f"image {name or '?'} has {DISK_FORMAT_PROPERTY} {fmt_text!r}; the "
+                   f"host takes {allowed}",
+                   f"image.properties.{DISK_FORMAT_PROPERTY}") from None
+    return SpawnPayload(
+        server=server, vcpus=vcpus, ram_mb=ram_mb, disk_gb=disk_gb, image_name=name,
+        image_source=source, disk_format=fmt, devices=_devices(p, unit=True),
+        cells=_cells(p.get("numa"), vcpus),
+    )
+
+
+def parse_destroy(obj: Any) -> DestroyPayload:
+    p = _object(obj, "payload")
+    return DestroyPayload(_server(p), _devices(p, unit=False))
+
+
+# --- the guest ----------------------------------------------------------------------------
+
+def domain_name(server_id: UUID | str) -> str:
+    """The libvirt name of a server's domain: unique per server, whatever users call it."""
+    return f"{DOMAIN_PREFIX}{server_id}"
+
+
+def overlay_path(state_dir: Path, server_id: UUID | str) -> Path:
+    """Where a server's boot disk (the overlay on its image) lives on the host."""
+    return Path(state_dir).absolute() / DISKS_DIR / f"{server_id}.qcow2"
+
+
+def hostdev_units(devices: Iterable[PayloadDevice]) -> tuple[HostdevUnit, ...]:
+    """Devices grouped by unit number, in address order. A unit with any unmanaged function is
+    unmanaged as a whole: libvirt takes one ``managed`` per slot's worth of functions, and the
+    agent detaches what it must (see :func:`unmanaged_addresses`)."""
+    groups: dict[tuple[int, int | PciAddress], list[PayloadDevice]] = {}
+    for d in devices:
+        key: tuple[int, int | PciAddress] = (0, d.unit) if d.unit is not None else (1, d.address)
+        groups.setdefault(key, []).append(d)
+    units = [HostdevUnit(tuple(d.address for d in g), managed=all(d.managed for d in g))
+             for g in groups.values()]
+    return tuple(sorted(units, key=lambda u: u.addresses[0]))
+
+
+def unmanaged_addresses(devices: Iterable[PayloadDevice]) -> tuple[PciAddress, ...]:
+    """Functions the agent detaches and re-attaches itself: those of unmanaged units."""
+    return tuple(a for u in hostdev_units(devices) if not u.managed for a in u.addresses)
+
+
+def _placement(cells: Sequence[PayloadCell],
+               host_cpus: Mapping[int, Sequence[int]]) -> NumaPlacement:
+    out = []
+    for i, c in enumerate(cells):
+        cpus = host_cpus.get(c.host_node)
+        if not cpus:
+            known = ", ".join(str(n) for n in sorted(host_cpus)) or "none"
+            raise _bad(f"guest cell {c.id} is placed on host NUMA node {c.host_node}, which "
+                       f"this host does not have (its nodes: {known})",
+                       f"numa.cells[{i}].host_node")
+        out.append(GuestCell(c.id, c.vcpus, c.memory_mb, c.host_node, tuple(cpus)))
+    return NumaPlacement(tuple(out))
+
+
+def domain_spec(p: SpawnPayload, *, host_cpus: Mapping[int, Sequence[int]], state_dir: Path,
+                virt_type: VirtType = VirtType.KVM) -> DomainSpec:
+    numa = _placement(p.cells, host_cpus) if p.cells is not None else None
+    disk = BootDisk(str(overlay_path(state_dir, p.server.id)), p.image_source, p.disk_format)
+    try:
+        return DomainSpec(name=domain_name(p.server.id), uuid=p.server.id, vcpus=p.vcpus,
+                          memory_mb=p.ram_mb, disk=disk, hostdevs=hostdev_units(p.devices),
+                          numa=numa, virt_type=virt_type)
+    except InvalidInput as exc:
+        raise _bad(exc.message, exc.field or "payload") from None
+
+
+def from_payload(payload: Any, *, host_cpus: Mapping[int, Sequence[int]], state_dir: Path,
+                 virt_type: VirtType = VirtType.KVM) -> DomainSpec:
+    """The guest a spawn payload asks for on this host (``host_cpus``: NUMA node → its CPUs)."""
+    return domain_spec(parse_spawn(payload), host_cpus=host_cpus, state_dir=state_dir,
+                       virt_type=virt_type)

@@ -5,12 +5,14 @@
 The fleet mixes the demo's host profiles (``pcipass.host.profiles``), each discovered once
 from its simulated sysfs and loaded for every host in bulk (``Store.load_hosts``):
 
-    gpu-server 25%   4 x A100 + 2 x RTX A6000 (with audio)
-    gpu8-server 10%  gpu-server with two more A100s: 6 A100 over 2 NUMA nodes + 2 A6000
-                     (hmm: see FLEET) -- the hosts an 8-GPU boot can land on
-    sriov-nic 25%    E810 and ConnectX-6 PFs, 16 VFs each
-    sriov-scale 25%  2 E810 PFs x 128 VFs (``build_sriov_scale``)
+    gpu-server 25%   4 x A100 + 2 x RTX A6000 (with their HDMI audio), 2 NUMA nodes
+    gpu8-server 10%  gpu-server with 4 more A100s: 8 A100, 4 per NUMA node (the hosts an
+                     8-GPU boot can land on; built from gpu-server's inventory)
+    sriov-nic 25%    E810 and ConnectX-6 PFs, 8 VFs each on the enabled ports
+    sriov-scale 25%  2 E810 PFs x 128 VFs (``build_sriov_scale``), physnet1
     storage 10%, vmd 5%
+
+about 91 devices per host (915,000 at 10,000 hosts).
 
 then ``--boots`` boots from ``--workers`` processes, each through ``pcipass.services.Cloud``
 against the one database, in this mix: 1 GPU (30%), 8 A100s over a NUMA node pair
@@ -81,7 +83,8 @@ def _with_spec(root: Path, spec: Sequence[dict[str, str]]) -> Inventory:
 
 
 def _gpu8(base: Inventory) -> Inventory:
-    """gpu-server plus two A100s per NUMA node: 8 A100s in all, 4 on each node."""
+    """gpu-server plus a copy of each A100 (own address and IOMMU group): 8 A100s in all,
+    4 on each NUMA node."""
     a100s = [d for d in base.devices if (d.vendor_id, d.product_id) == A100]
     group = max(d.iommu_group or 0 for d in base.devices) + 1
     extra = []

@@ -141,3 +141,21 @@ def listed(http: httpx.Client, path: str, key: str, **params: Any) -> list[JSON]
 
 def names(items: Iterable[JSON]) -> set[str]:
     return {i["name"] for i in items}
+
+
+def confirm_destroys(http: httpx.Client, host: str) -> None:
+    """Play the host's agent for deletes (an admin may): each open destroy task succeeds."""
+    reply = http.get(f"/v1/hosts/{host}/tasks")
+    assert reply.status_code == 200, reply.text
+    for task in reply.json()["tasks"]:
+        if task["kind"] == "destroy":
+            done = http.post(f"/v1/tasks/{task['id']}/result", json={"ok": True})
+            assert done.json() == {"accepted": True}, done.text
+
+
+def confirm_all_destroys(http: httpx.Client) -> None:
+    """:func:`confirm_destroys` on every host (``http`` an admin's client)."""
+    reply = http.get("/v1/hosts", params={"limit": 1000})
+    assert reply.status_code == 200, reply.text
+    for host in reply.json()["hosts"]:
+        confirm_destroys(http, host["name"])

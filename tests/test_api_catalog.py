@@ -17,6 +17,7 @@ import pytest
 from apicloud import (
     JSON,
     boot,
+    confirm_destroys,
     created,
     devices_of,
     make_alias,
@@ -480,6 +481,7 @@ def test_usage_meters_devices_from_allocation_to_free(api: ApiServer,
     assert (running["project"], running["alias"]) == (project, alias)
     assert running["device_seconds"] >= 2.0  # two devices, a second each at least
     assert http.delete(f"/v1/servers/{server['id']}").status_code == 202
+    confirm_destroys(http, host)
     assert {d["state"] for d in devices_of(http, host).values()} == {"available"}
     (final,) = metered()
     assert final["device_seconds"] >= running["device_seconds"]

@@ -18,6 +18,7 @@ import pytest
 from apicloud import (
     JSON,
     boot,
+    confirm_all_destroys,
     devices_of,
     isolated,
     listed,
@@ -100,6 +101,7 @@ def test_boot_claims_devices_and_delete_frees_them(http: httpx.Client, image: JS
     assert http.get(f"/v1/hosts/{host}").json()["devices"].get("claimed") == 2
 
     reply = http.delete(f"/v1/servers/{server['name']}")
+    confirm_all_destroys(http)
     assert reply.status_code == 202, reply.text
     gone = reply.json()
     assert gone["id"] == server["id"]
@@ -109,6 +111,7 @@ def test_boot_claims_devices_and_delete_frees_them(http: httpx.Client, image: JS
     again = boot(http, tag("vm"), flavor["id"], image["id"], project="proj-boot")
     assert again["status"] == "BUILDING" and again["host"] == host
     assert http.delete(f"/v1/servers/{again['id']}").status_code == 202
+    confirm_all_destroys(http)
 
 
 def test_member_boot_is_in_its_project(api: ApiServer, http: httpx.Client,
@@ -124,6 +127,7 @@ def test_member_boot_is_in_its_project(api: ApiServer, http: httpx.Client,
             "BUILDING", project, host)
         assert [s["id"] for s in mine.get("/v1/servers").json()["servers"]] == [server["id"]]
         assert mine.delete(f"/v1/servers/{server['id']}").status_code == 202
+        confirm_all_destroys(http)
     assert {s for s, _ in states(http, host).values()} == {"available"}
 
 
@@ -161,6 +165,7 @@ def test_boot_on_a_discovered_gpu_server(http: httpx.Client, image: JSON,
         assert (now[dev["address"]]["state"], now[dev["address"]]["owner"]) == (
             "claimed", server["id"])
     assert http.delete(f"/v1/servers/{server['id']}").status_code == 202
+    confirm_all_destroys(http)
     assert all(d["state"] == "available" for d in devices_of(http, host).values()
                if d["assignable"])
 
@@ -185,6 +190,7 @@ def test_devices_behind_vmd_are_never_handed_out(http: httpx.Client, image: JSON
         assert dev["state"] == "available" and dev["owner"] is None
         assert dev["reason"] is not None and "VMD" in dev["reason"], dev
     assert http.delete(f"/v1/servers/{first['id']}").status_code == 202
+    confirm_all_destroys(http)
 
 
 def test_vf_on_a_physical_network(http: httpx.Client, image: JSON) -> None:
@@ -200,6 +206,7 @@ def test_vf_on_a_physical_network(http: httpx.Client, image: JSON) -> None:
                for d in server["devices"])
     assert len(server["devices"]) == 2
     assert http.delete(f"/v1/servers/{server['id']}").status_code == 202
+    confirm_all_destroys(http)
 
 
 def test_pf_and_its_vfs_exclude_each_other(http: httpx.Client, image: JSON) -> None:
@@ -224,6 +231,7 @@ def test_pf_and_its_vfs_exclude_each_other(http: httpx.Client, image: JSON) -> N
     assert pf_alias in refused["fault"]["message"]
 
     assert http.delete(f"/v1/servers/{vf_server['id']}").status_code == 202
+    confirm_all_destroys(http)
     assert devices_of(http, host)["0000:af:00.0"]["state"] == "available"
     pf_server = boot(http, tag("vm"), pf_flavor["name"], image["name"], project="proj-pf")
     assert pf_server["status"] == "BUILDING", pf_server["fault"]
@@ -233,6 +241,7 @@ def test_pf_and_its_vfs_exclude_each_other(http: httpx.Client, image: JSON) -> N
     assert boot(http, tag("vm"), vf_flavor["name"], image["name"],
                 project="proj-pf")["status"] == "ERROR"
     assert http.delete(f"/v1/servers/{pf_server['id']}").status_code == 202
+    confirm_all_destroys(http)
 
 
 # --- refusals --------------------------------------------------------------------------------
@@ -340,6 +349,7 @@ def test_image_that_cannot_drive_the_alias(http: httpx.Client) -> None:
     server = boot(http, name, ok["name"], image["name"], project="proj-img")
     assert server["status"] == "BUILDING"
     assert http.delete(f"/v1/servers/{server['id']}").status_code == 202
+    confirm_all_destroys(http)
 
 
 def test_over_quota_is_refused_with_the_numbers(api: ApiServer, http: httpx.Client,
@@ -365,6 +375,7 @@ def test_over_quota_is_refused_with_the_numbers(api: ApiServer, http: httpx.Clie
         assert alias in error["message"]
         assert len(mine.get("/v1/servers").json()["servers"]) == 1
         assert mine.delete(f"/v1/servers/{first['id']}").status_code == 202
+        confirm_all_destroys(http)
         assert mine.get("/v1/quotas").json()["quotas"][0]["used"] == 0
         assert boot(mine, tag("vm"), one["name"], image["name"])["status"] == "BUILDING"
 
@@ -402,6 +413,7 @@ def test_soft_request_not_granted(http: httpx.Client, image: JSON) -> None:
     assert [requested(r) for r in third["not_granted"]] == [(gpu_alias, 2)]
     for s in (server, other, third):
         assert http.delete(f"/v1/servers/{s['id']}").status_code == 202
+        confirm_all_destroys(http)
 
 
 @pytest.mark.parametrize(
@@ -461,8 +473,10 @@ def test_list_servers_filters_and_pages(http: httpx.Client, image: JSON) -> None
                  "query.limit")
     for s in built:
         assert http.delete(f"/v1/servers/{s['id']}").status_code == 202
+        confirm_all_destroys(http)
     # a server that never got devices is deleted all the same
     reply = http.delete(f"/v1/servers/{failed['id']}")
+    confirm_all_destroys(http)
     assert reply.status_code == 202, reply.text
     assert ids(host=host) == []
 

@@ -14,6 +14,7 @@ import pytest
 from apicloud import boot, created, make_alias, make_flavor, make_image, put_host
 from apiserver import ApiServer, api_server, assert_error, gpu
 from apiserver import inventory as api_inventory
+from cliserver import cli, env_for, failed, ok_json
 
 TIMEOUT_S = 2.0
 XML = "<domain type='kvm'><name>pcipass-x</name></domain>"
@@ -140,3 +141,22 @@ def test_a_spawn_no_agent_runs_fails_after_the_timeout(tapi: ApiServer) -> None:
         assert admin.get(f"/v1/hosts/{host}/tasks").json()["tasks"] == []
         # Deleting the failed boot does not wait for a host.
         assert admin.delete(f"/v1/servers/{server['id']}").json()["status"] == "DELETED"
+
+
+def test_cli_shows_the_domain_xml_and_lists_servers_by_host(tapi: ApiServer) -> None:
+    agent = new_host(tapi, "tc-1", product="20b7")
+    with tapi.client() as admin, agent:
+        make_alias(admin, "cgpu", product_id="20b7", device_type="type-PCI")
+        make_flavor(admin, "cg1", pci="cgpu:1")
+        server = boot(admin, "t-cli", "cg1", "timg")
+        assert server["host"] == "tc-1"
+        env = env_for(tapi)
+        assert "[not_found]" in failed(cli("server", "show", server["id"], "--xml", env=env))
+        (task,) = agent.get("/v1/hosts/tc-1/tasks").json()["tasks"]
+        agent.post(f"/v1/tasks/{task['id']}/result", json={"ok": True, "domain_xml": XML})
+        shown = cli("server", "show", server["id"], "--xml", env=env)
+        assert shown.exit_code == 0 and shown.stdout.strip() == XML
+        listed = ok_json(cli("server", "list", "--host", "tc-1", "--json", env=env))
+        assert [s["id"] for s in listed["servers"]] == [server["id"]]
+        assert ok_json(cli("server", "list", "--host", "tl-none", "--json",
+                           env=env))["servers"] == []

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
+from apicloud import confirm_all_destroys
 from apiserver import ApiServer, api_server
 from cliserver import cli, env_for, failed, member_token, ok_json, ok_text, report_host
 from pcipass import errors
@@ -69,7 +70,15 @@ def a100s_free(cloud: Cloud) -> int:
 
 
 def delete(cloud: Cloud, name: str) -> Any:
-    return ok_json(cli("server", "delete", name, "--json", env=cloud.admin))
+    gone = ok_json(cli("server", "delete", name, "--json", env=cloud.admin))
+    confirm(cloud)
+    return gone
+
+
+def confirm(cloud: Cloud) -> None:
+    """Play the hosts' agents: the destroys the deletes queued succeed."""
+    with cloud.server.client() as http:
+        confirm_all_destroys(http)
 
 
 # --- boots ---------------------------------------------------------------------------------
@@ -205,6 +214,7 @@ def test_delete_frees_the_devices(cloud: Cloud) -> None:
     assert a100s_free(cloud) == free - 1
     gone = ok_json(cli("server", "delete", made["id"], "--json", env=cloud.member))
     assert gone["id"] == made["id"] and gone["status"] in ("DELETED", "DELETING")
+    confirm(cloud)
     assert a100s_free(cloud) == free
     address = made["devices"][0]["address"]
     device = ok_json(cli("device", "show", "gpu-1", address, "--json", env=cloud.admin))

@@ -20,7 +20,9 @@ The rules (pure functions below; :class:`TaskRunner` is the thin shell that perf
   interrupted runs it fails instead of looping;
 - a ``finished`` task is never run again: its stored result is re-sent;
 - a spawn reported ok that the server answers ``accepted: false`` because the task expired
-  is rolled back: the server has freed its devices;
+  (the reply's ``state`` says ``expired``) is rolled back: the server has freed its devices;
+  without a ``state`` the domain is left alone (a refused re-send of a result the server
+  already took looks the same) and a warning logged;
 - any spawn failure cleans up (destroy, undefine, re-attach unmanaged functions, remove the
   overlay) and reports the driver's message; a destroy of a domain already gone succeeds.
 """

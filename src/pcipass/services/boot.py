@@ -10,8 +10,9 @@
 3. Otherwise the next candidates are read and judged with ``fit``, up to ``candidates`` fits
    are ranked with ``sched.weigh``, and the best claimed (``fit`` again, under the lock).
 4. A claim that finds the host emptied by another worker since the narrowing read it is a
-   lost race: the candidates are read again, up to ``max_attempts`` races, and only then
-   does the boot fail, saying so.
+   lost race: the candidates are read again (and one of the first few taken at random, so
+   that workers that collided once do not collide again), up to ``max_attempts`` races, and
+   only then does the boot fail, saying so.
 
 Soft requests: a first pass asks for them as if hard, so a host that can grant them all is
 found even when it ranks low on the hard ones; the second pass asks for the hard ones only
@@ -24,6 +25,7 @@ narrowing left out, and ``fit``'s verdicts for the ones it let through, worded a
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import chain
@@ -135,6 +137,7 @@ class Placer:
     window: int
     attempts: int = 0
     lost: list[str] = field(default_factory=list)
+    rng: random.Random = field(default_factory=random.Random)
 
     def place(self, server: NewServer, req: BootRequest,
               kinds: Mapping[int, PciDevice] | None = None) -> ServerRecord:
@@ -176,6 +179,12 @@ class Placer:
             fresh = [c for c in page if c.host_id not in seen][:self.window]
             if not fresh:
                 break
+            if self.attempts:
+                # After a lost race, the other workers that read the same candidates are
+                # heading for the same next host: take one of the first few at random, so
+                # that they spread out instead of racing again (Nova's host_subset_size).
+                k = self.rng.randrange(min(len(fresh), self.attempts + 1))
+                fresh.insert(0, fresh.pop(k))
             raced = False
             for c in fresh:
                 if out.examined >= MAX_EXAMINED:

@@ -281,14 +281,26 @@ class TaskStore:
     transaction, as the store's own)."""
 
     def __init__(self, store: Any, timeout: float) -> None:
-        self._tx: Transactions = store._tx
-        self._kind_ids: KindIds = store._kind_ids
-        self._facts: FactsCache = store._facts
-        self._clock = store._clock
+        self._store = store
         self.timeout = timeout
 
+    @property
+    def _tx(self) -> Transactions:
+        tx: Transactions = self._store._tx
+        return tx
+
+    @property
+    def _kind_ids(self) -> KindIds:
+        ids: KindIds = self._store._kind_ids
+        return ids
+
+    @property
+    def _facts(self) -> FactsCache:
+        facts: FactsCache = self._store._facts
+        return facts
+
     def now(self) -> datetime:
-        now: datetime = self._clock()
+        now: datetime = self._store._clock()
         return now
 
     def poll(self, host: str) -> list[TaskRecord]:

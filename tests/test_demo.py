@@ -97,7 +97,21 @@ def test_demo_once_boots_refuses_explains_and_frees(demo_once: str) -> None:
     for name in ("train-1", "infer-1", "db-2", "edge-1", "big-1"):
         assert name in servers
     assert "Pools before booting" in out and "Pools after booting" in out
-    assert re.search(r"gpu-server-1 \S+ \(a100\): was claimed, now available", flat)
+    # the hosts' task loops (fake virt driver) start every placed server
+    for name, host in (("train-1", "gpu-server-1"), ("infer-1", "gpu-server-1"),
+                       ("db-2", "storage-server-1"), ("edge-1", "sriov-nic-server-1")):
+        assert f"{name} on {host}: ACTIVE" in flat
+        assert re.search(rf"│ {name} +│ \S+ +│ \S+ +│ ACTIVE +│", servers)
+    assert "BUILDING" not in servers
+    xml = out[out.index("GET /v1/servers/train-1/domain-xml"):]
+    assert len(re.findall(r'<hostdev mode="subsystem" type="pci"', xml)) >= 2
+    assert '<driver name="vfio"/>' in xml
+    # the delete goes through the host's destroy task; the device is free again
+    assert "DELETE /v1/servers/infer-1: DELETING" in flat
+    assert "agent ran the destroy task: infer-1 is DELETED" in flat
+    assert re.search(r"gpu-server-1 \S+ \(a100\): was allocated, now available", flat)
+    assert "Pools after the delete" in out
+    assert "confirms the domain is gone" not in out  # no stopgap: the agent confirms
     assert "unexpected" not in out and "differed from the scenario" not in out
 
 

@@ -9,8 +9,9 @@ The scenario is a list of named steps over one :class:`DemoRun`; later features 
 without touching the ones before. After the fleet reports, an operator defines aliases, flavors,
 images and a project's quota, and a tenant boots servers: some land on NUMA-local devices, some
 are refused (over quota, an image that cannot drive the device, a private flavor), one cannot be
-placed and says why. Booted servers stay BUILDING with their devices claimed until a host's
-agent runs their spawn task: that step slots in after :func:`boot_servers`.
+placed and says why. Each host's agent also runs its task loop with the fake virt driver
+(domains, boot disks and task journals in the host's own state dir), so booted servers go
+from BUILDING to ACTIVE, and a deleted one to DELETED, through the real agent code.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ from rich.table import Table
 from pcipass import errors
 from pcipass.agent.loop import Agent, stop_on_signals
 from pcipass.agent.state import state_path
+from pcipass.agent.tasks import TaskRunner
 from pcipass.cli import render
+from pcipass.cli.agent import disk_overlays, host_cpus, virt_type
 from pcipass.cli.client import (
     JSON,
     ApiClient,
@@ -63,10 +66,14 @@ from pcipass.host.profiles import PROFILES, build_host, suggested_aliases, sugge
 from pcipass.pci.device import DevType
 from pcipass.pci.devspec import DeviceSpecSet
 from pcipass.records import DeviceRecord, PoolRecord
+from pcipass.virt.driver import DriverKind, open_driver
 
 SERVER_START_TIMEOUT_S = 60.0
 BRIDGE_CLASS = "0604"
 LIVE_INTERVAL_S = 30.0  # agents' report interval while the demo keeps serving
+TASK_WAIT_S = 2.0  # task loops' long poll: short, so stopping the demo is quick
+SETTLE_TIMEOUT_S = 20.0  # how long the demo waits for agents to start or destroy servers
+SETTLE_POLL_S = 0.1
 
 
 @dataclass
@@ -78,6 +85,8 @@ class SimHost:
     spec_entries: list[dict[str, str]]
     token: str | None = None
     agent: Agent | None = None
+    tasks: TaskRunner | None = None
+    task_thread: threading.Thread | None = None
 
 
 @dataclass
@@ -216,8 +225,43 @@ def _make_agent(run: DemoRun, host: SimHost) -> Agent:
     )
 
 
+def _make_tasks(run: DemoRun, host: SimHost, agent: Agent) -> TaskRunner:
+    """The host's task loop, as ``pcipass agent --driver fake`` builds it, in its own state
+    dir (the fake driver's domains, boot disks and task journals live there)."""
+    state_dir = run.workdir / "state" / host.name
+    return TaskRunner(
+        client=ApiClient(run.url, host.token), host=host.name, state_dir=state_dir,
+        open_driver=lambda: open_driver(DriverKind.FAKE, state_dir=state_dir),
+        overlays=disk_overlays(DriverKind.FAKE, state_dir),
+        host_cpus=lambda: host_cpus(agent.discover()),
+        wait=TASK_WAIT_S, virt_type=virt_type(DriverKind.FAKE), stop=run.stop,
+    )
+
+
+def start_task_loops(run: DemoRun) -> None:
+    """Each host's task loop in a thread, for the rest of the demo."""
+    for host in run.hosts:
+        assert host.agent is not None
+        host.tasks = _make_tasks(run, host, host.agent)
+        host.task_thread = threading.Thread(target=host.tasks.run, name=f"tasks-{host.name}",
+                                            daemon=True)
+        host.task_thread.start()
+
+
+def stop_task_loops(run: DemoRun, grace: float = TASK_WAIT_S + 3.0) -> None:
+    """Wait (a little) for the task loops to leave their long polls, then close them."""
+    run.stop.set()
+    deadline = time.monotonic() + grace
+    for host in run.hosts:
+        if host.task_thread is not None:
+            host.task_thread.join(timeout=max(deadline - time.monotonic(), 0.0))
+        if host.tasks is not None and isinstance(host.tasks.client, ApiClient):
+            host.tasks.client.close()
+
+
 def run_agents(run: DemoRun) -> None:
-    """Every host's agent discovers and reports once, four at a time, as a fleet would."""
+    """Every host's agent discovers and reports once, four at a time, as a fleet would;
+    then each host's task loop starts (fake virt driver) to run what is placed there."""
     started = time.monotonic()
     for host in run.hosts:
         host.agent = _make_agent(run, host)
@@ -234,6 +278,9 @@ def run_agents(run: DemoRun) -> None:
                                          f"(see the messages above)")
     run.console.print(f"{len(run.hosts)} agents reported in "
                       f"{time.monotonic() - started:.2f}s")
+    start_task_loops(run)
+    run.console.print(f"{len(run.hosts)} task loops polling for spawn and destroy tasks "
+                      f"(fake virt driver, state under {run.workdir / 'state'})")
 
 
 def show_fleet(run: DemoRun) -> None:
@@ -350,10 +397,9 @@ BAD_FLAVOR = FlavorSpec("gpu.h100", 8, 32768, {"pci_passthrough:alias": "h100:1"
 
 CUDA_IMAGE = "ubuntu-22.04-cuda"
 PLAIN_IMAGE = "debian-12"
-IMAGES: tuple[tuple[str, str, dict[str, str]], ...] = (
-    (CUDA_IMAGE, "/var/lib/pcipass/images/ubuntu-22.04-cuda.qcow2",
-     {"hw_pci_supported_aliases": "a100,a6000"}),
-    (PLAIN_IMAGE, "/var/lib/pcipass/images/debian-12.qcow2", {}),
+IMAGES: tuple[tuple[str, str, dict[str, str]], ...] = (  # name, file under workdir/images
+    (CUDA_IMAGE, "ubuntu-22.04-cuda.qcow2", {"hw_pci_supported_aliases": "a100,a6000"}),
+    (PLAIN_IMAGE, "debian-12.qcow2", {}),
 )
 
 
@@ -396,8 +442,12 @@ def create_catalog(run: DemoRun) -> None:
             c.print("- " + _refused(f"flavor {BAD_FLAVOR.name}", exc), highlight=False)
         else:
             run.surprise(f"flavor {BAD_FLAVOR.name} naming an unknown alias was accepted")
-        for name, source, props in IMAGES:
-            admin.create_image(name=name, source=source, properties=props)
+        images_dir = run.workdir / "images"  # the fake driver, like libvirt, needs the source
+        images_dir.mkdir(parents=True, exist_ok=True)
+        for name, filename, props in IMAGES:
+            source = images_dir / filename
+            source.write_bytes(b"")
+            admin.create_image(name=name, source=str(source), properties=props)
         flavors = [flavor_record(f) for f in admin.flavors().items]
         images = [image_record(i) for i in admin.images().items]
     c.print(render.flavors_table(flavors, title="Flavors (GET /v1/flavors)"))
@@ -522,14 +572,80 @@ def explain_boots(run: DemoRun) -> None:
             run.console.print(render.explain_view(admin.explain(flavor=flavor, image=image)))
 
 
+def _wait_status(admin: ApiClient, server_id: str, done: Callable[[str], bool],
+                 timeout: float = SETTLE_TIMEOUT_S) -> JSON | None:
+    """Poll a server until ``done(status)`` (bounded); its last state, None once gone."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            obj = admin.server(server_id)
+        except errors.NotFound:
+            return None
+        if done(str(obj.get("status"))) or time.monotonic() >= deadline:
+            return obj
+        time.sleep(SETTLE_POLL_S)
+
+
+def start_servers(run: DemoRun) -> None:
+    """The hosts' task loops run the spawn tasks: each placed server leaves BUILDING."""
+    c = run.console
+    started = time.monotonic()
+    with run.admin() as admin:
+        for name, obj in list(run.servers.items()):
+            if obj.get("host") is None:
+                continue  # never placed: no host has a task for it
+            last = _wait_status(admin, str(obj["id"]), lambda s: s != "BUILDING")
+            if last is None:
+                run.surprise(f"{name} vanished while it was building")
+                continue
+            run.servers[name] = last
+            status = str(last.get("status"))
+            colour = "green" if status == "ACTIVE" else "red"
+            fault = f": {last.get('fault')}" if last.get("fault") else ""
+            c.print(f"  {escape(name)} on {escape(str(last.get('host')))}: "
+                    f"[{colour}]{escape(status)}[/]{escape(fault)}", highlight=False)
+            if status != "ACTIVE":
+                run.surprise(f"{name} is {status} after its host's agent ran its spawn task")
+    c.print(f"agents started the servers in {time.monotonic() - started:.2f}s")
+
+
+XML_SERVER = "train-1"  # a GPU server whose domain XML the demo shows
+
+
 def show_servers(run: DemoRun) -> None:
-    """Servers, the pools they drew from, and the tenant's quota now."""
+    """Servers, the pools they drew from, a GPU server's hostdevs, the tenant's quota now."""
     with run.admin() as admin:
         servers = [server_record(s) for s in admin.servers().items]
         run.console.print(render.servers_table(servers, title="Servers (GET /v1/servers)"))
         _boot_pools(run, admin, "Pools after booting")
+        if XML_SERVER in run.servers:
+            ref = str(run.servers[XML_SERVER]["id"])
+            xml = admin.server_domain_xml(ref)
+            run.console.print(escape(f"GET /v1/servers/{XML_SERVER}/domain-xml, its PCI "
+                                     "devices (VFIO hostdevs):"), highlight=False)
+            lines = hostdev_lines(xml)
+            for line in lines:
+                run.console.print(f"  {escape(line)}", highlight=False)
+            if not lines:
+                run.surprise(f"{XML_SERVER}'s domain XML has no hostdev")
         quotas = [quota_record(q) for q in admin.quotas(project=TENANT).items]
     run.console.print(render.quotas_table(quotas, title=f"Quotas of {TENANT}"))
+
+
+def hostdev_lines(xml: str) -> list[str]:
+    """The ``<hostdev>`` elements of a domain XML, line by line, as libvirt would read them."""
+    out: list[str] = []
+    indent: int | None = None  # the open hostdev's indentation, None outside one
+    for line in xml.splitlines():
+        stripped = line.strip()
+        if indent is None and stripped.startswith("<hostdev"):
+            indent = len(line) - len(line.lstrip())
+        if indent is not None:
+            out.append(line[indent:].rstrip())
+            if stripped.startswith("</hostdev") or (stripped.startswith("<hostdev")
+                                                    and stripped.endswith("/>")):
+                indent = None
+    return out
 
 
 DELETED_SERVER = "infer-1"
@@ -547,12 +663,13 @@ def delete_server(run: DemoRun) -> None:
     c.print(escape(f"DELETE /v1/servers/{DELETED_SERVER}: {gone.get('status')}"),
             highlight=False)
     with run.admin() as admin:
-        # The demo's simulated hosts run no task loop yet: confirm the destroy for them.
-        for task in admin.poll_tasks(held.host):
-            if task.get("kind") == "destroy" and task.get("server_id") == held.id:
-                admin.report_task(str(task["id"]), True)
-                c.print(escape(f"host {held.host} confirms the domain is gone"),
-                        highlight=False)
+        # The host's agent destroys the domain and confirms; only then are devices free.
+        last = _wait_status(admin, held.id, lambda s: s == "DELETED")
+        status = "DELETED" if last is None else str(last.get("status"))
+        c.print(escape(f"host {held.host}'s agent ran the destroy task: {DELETED_SERVER} is ")
+                + f"[bold]{escape(status)}[/]", highlight=False)
+        if status != "DELETED":
+            run.surprise(f"{DELETED_SERVER} is {status}, not DELETED, after its destroy task")
         for d in held.devices:
             rec = device_record(admin.device(held.host, str(d.address)))
             owner = f", owner {rec.owner}" if rec.owner else ""
@@ -561,6 +678,7 @@ def delete_server(run: DemoRun) -> None:
                     + escape(owner), highlight=False)
             if rec.state.value != "available":
                 run.surprise(f"{d.address} is {rec.state.value} after {DELETED_SERVER} left")
+        _boot_pools(run, admin, "Pools after the delete")
         quotas = [quota_record(q) for q in admin.quotas(project=TENANT).items]
     c.print(render.quotas_table(quotas, title=f"Quotas of {TENANT} after the delete"))
 
@@ -587,6 +705,7 @@ SCENARIO: tuple[tuple[str, Step], ...] = (
     ("Flavors and images", create_catalog),
     ("A tenant and its quota", tenant_and_quota),
     ("Boot servers", boot_servers),
+    ("Hosts' agents start the servers", start_servers),
     ("Ask the scheduler without booting", explain_boots),
     ("Servers and pools after booting", show_servers),
     ("Delete a server", delete_server),
@@ -650,6 +769,7 @@ def run_demo(*, once: bool, hosts_per_profile: int = 1,
             return 130
         finally:
             run.stop.set()
+            stop_task_loops(run)
             for host in run.hosts:
                 if host.agent is not None:
                     host.agent.client.close()

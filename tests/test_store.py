@@ -504,7 +504,8 @@ def test_pools_group_interchangeable_assignable_devices(store: Store) -> None:
     report = inv(pf(), vf("0000:3b:02.0"), vf("0000:3b:02.1"),
                  vf("0000:3b:02.2", tags={"physical_network": "physnet1", "trusted": "true"}),
                  pf(str(other_pf)), vf("0000:5e:02.0", parent=other_pf),
-                 gpu("0000:86:00.0"), gpu("0000:87:00.0"), gpu("0000:88:00.0", numa_node=1))
+                 gpu("0000:86:00.0", iommu_group=86), gpu("0000:87:00.0", iommu_group=87),
+                 gpu("0000:88:00.0", numa_node=1, iommu_group=88))
     store.report_inventory("node1", None, report, now=T0)
     page = store.list_pools(host="node1")
     summary = sorted((p.vendor_id, p.dev_type.value, p.numa_node, str(p.parent_addr),

@@ -654,9 +654,9 @@ def test_servers_page_newest_first(store: Store, cloud: Cloud) -> None:
 
 def test_scheduler_settings_come_from_the_file_and_the_environment(tmp_path: Path) -> None:
     conf = tmp_path / "pcipass.toml"
-    conf.write_text('[scheduler]\nweigher = "spread"\nmax_attempts = 5\ncandidates = 4\n')
+    conf.write_text('[scheduler]\nweigher = "spread"\nmax_attempts = 7\ncandidates = 4\n')
     got = load_settings(conf, {}).scheduler
-    assert (got.weigher, got.max_attempts, got.candidates) == ("spread", 5, 4)
+    assert (got.weigher, got.max_attempts, got.candidates) == ("spread", 7, 4)
     assert load_settings(conf, {"PCIPASS_SCHEDULER_WEIGHER": "pack"}).scheduler.weigher == \
         "pack"
     assert load_settings(None, {}).scheduler == SchedulerSettings()

@@ -17,7 +17,7 @@ or ``pcipass.sched`` imports this module. The environment wins over the file, ke
 
     [scheduler]                          # PCIPASS_SCHEDULER_<KEY>
     weigher = "pack"                     # pack | spread: PCI boots onto the fullest hosts or not
-    max_attempts = 3                     # hosts a boot tries when claims lose races
+    max_attempts = 5                     # lost races a boot retries before it fails
     candidates = 8                       # hosts the SQL narrowing hands the fit per decision
 
     [tasks]                              # PCIPASS_TASKS_<KEY>
@@ -89,7 +89,7 @@ class SchedulerSettings:
     :class:`pcipass.sched.weigh.WeighPolicy` (kept a string: config does not import sched)."""
 
     weigher: str = "pack"
-    max_attempts: int = 3
+    max_attempts: int = 5
     candidates: int = 8
 
 
@@ -362,7 +362,7 @@ def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Se
         source=path,
         scheduler=SchedulerSettings(
             weigher=get("scheduler", "weigher", "pack"),
-            max_attempts=get("scheduler", "max_attempts", 3),
+            max_attempts=get("scheduler", "max_attempts", 5),
             candidates=get("scheduler", "candidates", 8),
         ),
         tasks=TaskSettings(timeout=get("tasks", "timeout", 300.0)),

@@ -219,7 +219,21 @@ def _code(needs: Sequence[Need], sums: Sequence[ColumnElement[Any]],
     return case(*whens, else_=PASSED)
 
 
-def counts(conn: Connection, needs: Sequence[Need], vcpus: int, ram_mb: int) -> Counts:
+@lru_cache(maxsize=8)
+def _enough(shape: str) -> Any:
+    """Per first failing check, the hosts with enough usable devices for one need of one
+    kind or kind set: a walk of its index from the count up, not a sum over every host."""
+    t, key = ((host_kinds, host_kinds.c.kind_id) if shape == "kind"
+              else (host_kind_sets, host_kind_sets.c.set_id))
+    code = case((_free_vcpus() < bindparam("vcpus"), VCPUS),
+                (_free_ram() < bindparam("ram"), RAM), else_=PASSED).label("code")
+    return (select(code, func.count()).select_from(t.join(hosts, hosts.c.id == t.c.host_id))
+            .where(key == bindparam("kind"), t.c.usable >= bindparam("n0"))
+            .group_by(code))
+
+
+def counts(conn: Connection, needs: Sequence[Need], vcpus: int, ram_mb: int, *,
+           kind_set: int | None = None) -> Counts:
     total = conn.execute(select(func.count()).select_from(hosts)).scalar_one()
     lack = [0] * len(needs)
     by_code: dict[int, int] = {}
@@ -227,7 +241,15 @@ def counts(conn: Connection, needs: Sequence[Need], vcpus: int, ram_mb: int) -> 
         first = next(i for i, n in enumerate(needs) if not n.kind_ids)
         lack[first] = total
         return Counts(total, tuple(lack), 0, 0, 0)
-    if needs:
+    single = len(needs) == 1 and (len(needs[0].kind_ids) == 1 or kind_set is not None)
+    if single:
+        params = {**_params(needs), "vcpus": vcpus, "ram": ram_mb}
+        if kind_set is not None and len(needs[0].kind_ids) > 1:
+            params["kind"] = kind_set
+        shape = "kind" if len(needs[0].kind_ids) == 1 else "set"
+        by_code = dict(conn.execute(_enough(shape), params).all())
+        lack[0] = total - sum(by_code.values())
+    elif needs:
         agg = _aggregate(len(needs), having=False)
         code = _code(needs, [agg.c[f"f{i}"] for i in range(len(needs))], vcpus, ram_mb)
         inner = (select(code.label("code")).select_from(hosts)
@@ -242,7 +264,7 @@ def counts(conn: Connection, needs: Sequence[Need], vcpus: int, ram_mb: int) -> 
         by_code = dict(conn.execute(select(inner.c.code, func.count())
                                     .group_by(inner.c.code)).all())
     for i in range(len(needs)):
-        lack[i] += by_code.get(i, 0)
+        lack[i] += by_code.get(i, 0) if not single else 0
     return Counts(total, tuple(lack), by_code.get(VCPUS, 0), by_code.get(RAM, 0),
                   by_code.get(PASSED, 0))
 

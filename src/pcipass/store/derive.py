@@ -37,7 +37,7 @@ from pcipass.sched.units import dependants, unit_reasons
 from pcipass.store.engine import Transactions
 from pcipass.store.facts import FactsCache
 from pcipass.store.kinds import Kind, KindIds, StoreKey
-from pcipass.store.kindsets import sync_host_sets
+from pcipass.store.kindsets import move_host_sets, sync_host_sets
 from pcipass.store.pools import drop_empty_pools
 from pcipass.store.rows import pool_values, to_record, to_tracked, tracked_values
 from pcipass.store.schema import device_tags, devices, host_kinds, hosts, pools
@@ -327,8 +327,108 @@ _BOOKKEEPING_UPDATE = (
 
 @dataclass(frozen=True, slots=True)
 class Written:
+    """The devices whose derived state was recomputed (every one, or those around the
+    devices a bookkeeping write changed)."""
+
     derived: dict[PciAddress, Derived]
-    pci_free: int
+
+
+def _primary(t: Tracked, alias: str | None) -> tuple[object, ...]:
+    state = DeviceState.AVAILABLE if t.state is DeviceState.UNAVAILABLE else t.state
+    return (state, t.reserved, t.owner, t.held_state, alias if t.owner is not None else None)
+
+
+def related(tracked: Mapping[PciAddress, Tracked], seeds: Iterable[PciAddress]
+            ) -> set[PciAddress]:
+    """``seeds`` and every device whose derived state can depend on theirs: the closure over
+    IOMMU group mates (by group and by member list), parent PFs and PFs' VFs. Devices outside
+    it keep their derived state whatever the seeds' states become."""
+    by_group: dict[int, list[PciAddress]] = {}
+    vfs_of: dict[PciAddress, list[PciAddress]] = {}
+    for address, t in tracked.items():
+        dev = t.device
+        if dev.iommu_group is not None:
+            by_group.setdefault(dev.iommu_group, []).append(address)
+        if dev.parent_addr is not None:
+            vfs_of.setdefault(dev.parent_addr, []).append(address)
+    out: set[PciAddress] = set()
+    stack = list(seeds)
+    while stack:
+        address = stack.pop()
+        found = tracked.get(address)
+        if found is None or address in out:
+            continue
+        out.add(address)
+        dev = found.device
+        if dev.iommu_group is not None:
+            stack += by_group[dev.iommu_group]
+        stack += dev.iommu_group_members
+        if dev.parent_addr is not None:
+            stack.append(dev.parent_addr)
+        stack += vfs_of.get(address, ())
+    return out
+
+
+_POOL_MOVE = (update(pools).where(pools.c.id == bindparam("b_id"))
+              .values(free=pools.c.free + bindparam("b_free"),
+                      usable=pools.c.usable + bindparam("b_usable")))
+_HOST_KIND_MOVE = (update(host_kinds)
+                   .where(host_kinds.c.host_id == bindparam("b_host"),
+                          host_kinds.c.kind_id == bindparam("b_kind"))
+                   .values(usable=host_kinds.c.usable + bindparam("b_usable")))
+_HOST_FREE_MOVE = (update(hosts).where(hosts.c.id == bindparam("b_id"))
+                   .values(pci_free=hosts.c.pci_free + bindparam("b_pci_free")))
+
+
+def _write_bookkeeping(conn: Connection, host_id: int, rows: Mapping[PciAddress, Row],
+                       targets: Sequence[Target], kind_ids: KindIds, now: datetime,
+                       host: Mapping[str, Any] | None,
+                       current: Mapping[PciAddress, Row] | None) -> Written | None:
+    """A write that moves only bookkeeping (claims, frees, ``reserved``): re-derive the
+    devices :func:`related` to those it changes, and move the counts by their difference
+    (the host row is locked, so adding to what is stored is safe). None when the write is not
+    one (a pool would be left or joined): the caller recounts everything."""
+    changed = [t.address for t in targets if _primary(t.tracked, t.owner_alias)
+               != _primary(rows[t.address].tracked, rows[t.address].owner_alias)]
+    near = related({t.address: t.tracked for t in targets}, changed)
+    sub = derive([t for t in targets if t.address in near])
+    pool_moves: dict[int, list[int]] = {}
+    kind_moves: dict[Kind, int] = {}
+    pci_free = 0
+    narrow: list[dict[str, Any]] = []
+    now_rows = rows if current is None else current
+    for d in sub:
+        row = rows[d.address]
+        if (d.key is None) != (row.pool_id is None):
+            return None
+        if row.pool_id is not None and d.key is not None:
+            t = row.tracked
+            was_free = t.state is DeviceState.AVAILABLE and not t.reserved
+            was_usable = was_free and row.reason is None
+            move = pool_moves.setdefault(row.pool_id, [0, 0])
+            move[0] += d.free - was_free
+            move[1] += d.usable - was_usable
+            kind_moves[d.key.kind] = kind_moves.get(d.key.kind, 0) + d.usable - was_usable
+            pci_free += d.usable - was_usable
+        values = _bookkeeping(d, row.pool_id)
+        if values != _stored_bookkeeping(now_rows[d.address]):
+            narrow.append({"b_id": row.id, "b_updated_at": now,
+                           **{f"b_{k}": v for k, v in values.items()}})
+    moves = [{"b_id": i, "b_free": f, "b_usable": u} for i, (f, u) in pool_moves.items()
+             if f or u]
+    if moves:
+        conn.execute(_POOL_MOVE, moves)
+    if narrow:
+        conn.execute(_BOOKKEEPING_UPDATE, narrow)
+    kinds = {k: n for k, n in kind_moves.items() if n}
+    if kinds:
+        ids = kind_ids.ensure(conn, kinds)
+        conn.execute(_HOST_KIND_MOVE, [{"b_host": host_id, "b_kind": ids[k], "b_usable": n}
+                                       for k, n in kinds.items()])
+        move_host_sets(conn, host_id, {ids[k]: n for k, n in kinds.items()}, kind_ids.sets)
+    conn.execute(_HOST_FREE_MOVE, {"b_id": host_id, "b_pci_free": pci_free,
+                                   "derived": DERIVED_VERSION, **(host or {})})
+    return Written({d.address: d for d in sub})
 
 
 def write_host(conn: Connection, host_id: int, rows: Mapping[PciAddress, Row],
@@ -349,6 +449,11 @@ def write_host(conn: Connection, host_id: int, rows: Mapping[PciAddress, Row],
     ``recount_pools``: read the pool rows rather than trust that they hold the recount of
     ``rows`` (when re-deriving a host written under older rules).
     """
+    if (derived is None and not facts and not recount_pools and len(targets) == len(rows)
+            and all(t.address in rows for t in targets)):
+        done = _write_bookkeeping(conn, host_id, rows, targets, kind_ids, now, host, current)
+        if done is not None:
+            return done
     if derived is None:
         derived = derive(targets)
     counts = recount(derived)
@@ -393,7 +498,7 @@ def write_host(conn: Connection, host_id: int, rows: Mapping[PciAddress, Row],
     pci_free = sum(1 for d in derived if d.usable)
     conn.execute(_HOST_DERIVED, {"b_id": host_id, "pci_free": pci_free,
                                  "derived": DERIVED_VERSION, **(host or {})})
-    return Written(by_addr, pci_free)
+    return Written(by_addr)
 
 
 _HOST_KINDS = select(host_kinds.c.kind_id, host_kinds.c.usable).where(

@@ -1,14 +1,16 @@
 """Engines and transactions: the one place that knows SQLite from PostgreSQL.
 
 Write transactions on SQLite start with ``BEGIN IMMEDIATE``: the write lock is taken before
-the first read, so two writers queue on the busy timeout instead of both reading and then
-failing to upgrade (``SQLITE_BUSY``, which no timeout helps). WAL lets readers run beside
+the first read, so two writers queue for it instead of both reading and then failing to
+upgrade (``SQLITE_BUSY``, which no timeout helps); they poll for it every few milliseconds
+rather than in SQLite's own growing sleeps. WAL lets readers run beside
 the one writer. PostgreSQL runs READ COMMITTED and writers serialise per host on the host row.
 Database errors leave here as :class:`pcipass.errors.InfrastructureError`.
 """
 
 from __future__ import annotations
 
+import random
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -62,7 +64,35 @@ def _sqlite_setup(engine: Engine, *, memory: bool) -> None:
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
         write = conn.get_execution_options().get(_WRITE, False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+        if write and not memory:
+            _begin_immediate(conn.connection.driver_connection)
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def _begin_immediate(dbapi_conn: Any) -> None:
+    """``BEGIN IMMEDIATE``, waiting for the write lock in short, jittered steps.
+
+    SQLite's own busy handler sleeps 25 to 100 ms at a time once a wait grows, so under a few
+    concurrent writers that hold the lock for milliseconds each, some waiters sleep far
+    longer than the lock is held. Here the wait polls every few milliseconds instead (with
+    the handler off for this statement only), up to the same overall timeout.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    delay = 0.0005
+    dbapi_conn.execute("PRAGMA busy_timeout=0")
+    try:
+        while True:
+            try:
+                dbapi_conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.004)
+    finally:
+        dbapi_conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
 
 
 def make_engine(url: str) -> Engine:

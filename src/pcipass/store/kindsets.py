@@ -19,7 +19,7 @@ from collections.abc import Collection, Mapping
 from threading import Lock
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, insert, literal, select, text
+from sqlalchemy import Connection, bindparam, func, insert, literal, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from pcipass.store.engine import Transactions
@@ -105,6 +105,27 @@ def sync_host_sets(conn: Connection, host_id: int, usable: Mapping[int, int],
             for kinds, set_id in sets.ids.items() if kinds & touched]
     if rows:
         conn.execute(_upsert(conn), rows)
+
+
+_MOVE = (update(host_kind_sets)
+         .where(host_kind_sets.c.set_id == bindparam("b_set"),
+                host_kind_sets.c.host_id == bindparam("b_host"))
+         .values(usable=host_kind_sets.c.usable + bindparam("b_usable")))
+
+
+def move_host_sets(conn: Connection, host_id: int, moves: Mapping[int, int],
+                   sets: KindSets) -> None:
+    """After the host's ``host_kinds`` moved by ``moves`` (kind id → change, written already,
+    see the module): the sets that hold those kinds move alike. The host has a row in every
+    set holding one of its kinds (registration and :func:`sync_host_sets` make them)."""
+    sets.refresh(conn)
+    rows = []
+    for kinds, set_id in sets.ids.items():
+        n = sum(moves.get(k, 0) for k in kinds)
+        if n:
+            rows.append({"b_set": set_id, "b_host": host_id, "b_usable": n})
+    if rows:
+        conn.execute(_MOVE, rows)
 
 
 def host_rows(host_id: int, usable: Mapping[int, int], sets: KindSets) -> list[dict[str, Any]]:

@@ -263,8 +263,11 @@ class Store:
 
     def placement_counts(self, needs: Sequence[Need], vcpus: int, ram_mb: int) -> Counts:
         """How many hosts fail which check first (for explanations)."""
+        kind_set = None
+        if len(needs) == 1 and len(needs[0].kind_ids) > 1:
+            kind_set = self._kind_ids.sets.ensure(self._tx, needs[0].kind_ids)
         with self._tx.read() as conn:
-            return _candidates.counts(conn, needs, vcpus, ram_mb)
+            return _candidates.counts(conn, needs, vcpus, ram_mb, kind_set=kind_set)
 
     def host_verdict_codes(self, needs: Sequence[Need], vcpus: int, ram_mb: int, limit: int
                            ) -> list[tuple[int, str, int]]:

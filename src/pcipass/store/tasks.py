@@ -82,8 +82,10 @@ def _lock_task(conn: Connection, task_id: int, host: str | None) -> tuple[Any, s
     row = conn.execute(select(tasks.c.host_id).where(tasks.c.id == task_id)).first()
     if row is None:
         raise NotFound(f"task {task_id} not found", field="task")
+    # FOR NO KEY UPDATE, like every host lock: a plain FOR UPDATE deadlocks against
+    # foreign-key checks of kind-set registrations on PostgreSQL.
     name = conn.execute(select(hosts.c.name).where(hosts.c.id == row.host_id)
-                        .with_for_update()).scalar_one()
+                        .with_for_update(key_share=True)).scalar_one()
     if host is not None and name != host:
         raise Forbidden(f"task {task_id} is for host {name!r}, not {host!r}", field="task")
     task = conn.execute(select(tasks).where(tasks.c.id == task_id)).one()

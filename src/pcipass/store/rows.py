@@ -12,7 +12,7 @@ from sqlalchemy import Row
 
 from pcipass.pci.address import PciAddress
 from pcipass.pci.device import DevType, HostInfo, NetDev, NumaNode, PciDevice
-from pcipass.pci.inventory import host_to_json
+from pcipass.pci.inventory import device_to_json, host_to_json
 from pcipass.pci.pool import PoolKey
 from pcipass.pci.reconcile import Tracked
 from pcipass.records import DeviceRecord, DeviceState, HostRecord, PoolRecord
@@ -21,29 +21,8 @@ from pcipass.records import DeviceRecord, DeviceState, HostRecord, PoolRecord
 _address = lru_cache(maxsize=65536)(PciAddress.parse)
 
 def device_facts(dev: PciDevice) -> dict[str, Any]:
-    """The columns holding what discovery found (everything but the bookkeeping)."""
-    return {
-        "address": str(dev.address),
-        "vendor_id": dev.vendor_id,
-        "product_id": dev.product_id,
-        "subsystem_vendor_id": dev.subsystem_vendor_id,
-        "subsystem_product_id": dev.subsystem_product_id,
-        "class_code": dev.class_code,
-        "dev_type": dev.dev_type.value,
-        "parent_addr": None if dev.parent_addr is None else str(dev.parent_addr),
-        "vf_index": dev.vf_index,
-        "total_vfs": dev.total_vfs,
-        "num_vfs": dev.num_vfs,
-        "numa_node": dev.numa_node,
-        "iommu_group": dev.iommu_group,
-        "iommu_group_members": [str(a) for a in dev.iommu_group_members],
-        "driver": dev.driver,
-        "netdevs": [{"name": n.name, "mac": n.mac} for n in dev.netdevs],
-        "name": dev.name,
-        "assignable": dev.assignable,
-        "tags": dict(dev.tags),
-        "warnings": list(dev.warnings),
-    }
+    """The columns holding what discovery found: exactly the report's device object."""
+    return device_to_json(dev)
 
 
 def tracked_values(t: Tracked) -> dict[str, Any]:

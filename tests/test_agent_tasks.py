@@ -22,6 +22,7 @@ import pytest
 
 from pcipass import errors
 from pcipass.agent.loop import Agent, run_agent
+from pcipass.agent.ports import SavedVf, SwitchBinding
 from pcipass.agent.tasks import (
     MAX_ATTEMPTS,
     AfterReport,
@@ -44,6 +45,7 @@ from pcipass.agent.tasks import (
     spawn_plan,
     teardown_plan,
 )
+from pcipass.host.sriov import VfConfig, VfSlot
 from pcipass.pci.address import PciAddress
 from pcipass.pci.device import HostInfo, NumaNode
 from pcipass.pci.inventory import Inventory
@@ -105,11 +107,13 @@ def test_prunable_only_old_reported_journals() -> None:
     assert prunable(js, T0) == ["old"]
 
 
+SPAWN_STEPS = (Step.CREATE_DISK, Step.DETACH, Step.PROGRAM_VFS, Step.BIND_SWITCH, Step.DEFINE,
+               Step.START)
+
+
 @pytest.mark.parametrize(("seen", "spawn", "teardown"), [
-    (Seen(False, False), (Step.CREATE_DISK, Step.DETACH, Step.DEFINE, Step.START),
-     (Step.REATTACH, Step.REMOVE_DISK)),
-    (Seen(True, False), (Step.CREATE_DISK, Step.DETACH, Step.DEFINE, Step.START),
-     (Step.UNDEFINE, Step.REATTACH, Step.REMOVE_DISK)),
+    (Seen(False, False), SPAWN_STEPS, (Step.REATTACH, Step.REMOVE_DISK)),
+    (Seen(True, False), SPAWN_STEPS, (Step.UNDEFINE, Step.REATTACH, Step.REMOVE_DISK)),
     (Seen(True, True), (),
      (Step.DESTROY, Step.UNDEFINE, Step.REATTACH, Step.REMOVE_DISK)),
 ])
@@ -136,11 +140,22 @@ def test_after_report(kind: str, result: Result, reply: Any, expected: AfterRepo
 
 
 def test_journal_json_round_trip() -> None:
+    saved = SavedVf("p1", VfSlot("ens1f0", 3), VfConfig(
+        mac="02:00:00:00:00:07", vlan=12, qos=3, vlan_proto="802.1ad", spoofchk=False,
+        trust=True, link_state="disable", min_tx_rate_mbps=5, max_tx_rate_mbps=50))
     j = journal(Phase.FINISHED, payload={"server": {"id": "x"}}, attempts=2,
                 detached=("0000:3b:00.0",), result=Result(False, "boom", None),
-                reply={"accepted": True})
+                reply={"accepted": True}, vfs=(saved,),
+                bound=(SwitchBinding("p1", "ens1f0", 12, "fa:16:3e:00:00:01"),
+                       SwitchBinding("p2", "ens2f0", None, "fa:16:3e:00:00:02")),
+                unbound=(SwitchBinding("p2", "ens2f0", None, "fa:16:3e:00:00:02"),))
     text = json.dumps(journal_to_json(j))
     assert journal_from_json(json.loads(text)) == j
+    # a journal written before ports existed still reads, with none of them
+    old = journal_to_json(journal())
+    for key in ("vfs", "bound", "unbound"):
+        del old[key]
+    assert journal_from_json(old) == journal(server_id=old["server_id"])
     with pytest.raises(ValueError):
         journal_from_json({"version": 99})
 

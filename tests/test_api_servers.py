@@ -35,7 +35,7 @@ from apiserver import ApiServer, assert_error, gpu, nic
 from pcipass.host.profiles import A100, INTEL, NVIDIA, P4510, RTX_A6000, RTX_A6000_AUDIO
 
 SERVER_KEYS = {"id", "name", "project", "status", "flavor", "image", "host", "devices",
-               "not_granted", "fault", "numa_cells", "created_at", "updated_at"}
+               "not_granted", "fault", "numa_cells", "ports", "created_at", "updated_at"}
 DEVICE_KEYS = {"address", "alias", "state", "vendor_id", "product_id", "dev_type", "numa_node"}
 
 

@@ -37,6 +37,12 @@ token = "agent-secret"
 host_name = "compute-1"
 interval = 15
 sysfs_root = "/tmp/fake-sys"
+sriov = "fake"
+switch_driver = "log"
+normal_network = "tenant-nat"
+
+[network]
+mac_prefix = "02:AB:cd"
 """
 
 
@@ -58,6 +64,9 @@ def test_defaults_without_file_or_env(tmp_path: Path) -> None:
     assert s.agent.state_dir == tmp_path
     assert s.agent.interval == 60.0
     assert s.agent.sysfs_root == Path("/")
+    assert (s.agent.sriov, s.agent.switch_driver, s.agent.normal_network) == (
+        "netlink", "noop", "default")
+    assert s.network.mac_prefix == "fa:16:3e"
     assert s.source is None
 
 
@@ -83,6 +92,9 @@ def test_full_file(tmp_path: Path) -> None:
     assert s.agent.interval == 15.0
     assert s.agent.state_dir == Path("/srv/pcipass")
     assert s.agent.sysfs_root == Path("/tmp/fake-sys")
+    assert (s.agent.sriov, s.agent.switch_driver, s.agent.normal_network) == (
+        "fake", "log", "tenant-nat")
+    assert s.network.mac_prefix == "02:ab:cd"     # lower-cased once, here
     assert s.source == tmp_path / "pcipass.toml"
 
 
@@ -94,6 +106,10 @@ def test_environment_wins_over_file(tmp_path: Path) -> None:
         "PCIPASS_PCI_DEVICE_SPEC": '{"vendor_id": "15b3"}',
         "PCIPASS_AGENT_INTERVAL": "2.5",
         "PCIPASS_AGENT_TOKEN": "",  # an empty variable clears the file's value
+        "PCIPASS_AGENT_SRIOV": "netlink",
+        "PCIPASS_AGENT_SWITCH_DRIVER": "acme-tor",
+        "PCIPASS_AGENT_NORMAL_NETWORK": "provider",
+        "PCIPASS_NETWORK_MAC_PREFIX": "fa:16:3e:7f",
     }
     s = load_settings(write(tmp_path, FULL), env)
     assert s.server.db == "sqlite:////tmp/other.db"
@@ -102,6 +118,9 @@ def test_environment_wins_over_file(tmp_path: Path) -> None:
     assert s.pci.device_spec == ('{"vendor_id": "15b3"}',)
     assert s.agent.interval == 2.5
     assert s.agent.token is None
+    assert (s.agent.sriov, s.agent.switch_driver, s.agent.normal_network) == (
+        "netlink", "acme-tor", "provider")
+    assert s.network.mac_prefix == "fa:16:3e:7f"
     # keys the environment does not set still come from the file
     assert s.server.admin_token == TOKEN
     assert s.agent.host_name == "compute-1"
@@ -140,6 +159,15 @@ def test_device_spec_list_from_environment() -> None:
         ("[agent]\ninterval = 0\n", "agent.interval", "more than 0"),
         ("[agent]\ninterval = 'soon'\n", "agent.interval", "number of seconds"),
         ("[agent]\nhost = 'x'\n", "agent.host", "unknown key"),
+        ("[agent]\nsriov = 'pyroute'\n", "agent.sriov", "one of netlink, fake"),
+        ("[agent]\nswitch_driver = ''\n", "agent.switch_driver", "must not be empty"),
+        ("[agent]\nnormal_network = 'a/b'\n", "agent.normal_network", "not a name"),
+        ("[network]\nmac_prefix = 'fb:16:3e'\n", "network.mac_prefix", "multicast"),
+        ("[network]\nmac_prefix = 'fa:16:3e:00:00:01'\n", "network.mac_prefix",
+         "1 to 5 octets"),
+        ("[network]\nmac_prefix = 'fa:16:zz'\n", "network.mac_prefix", "1 to 5 octets"),
+        ("[network]\nmac_prefix = 3\n", "network.mac_prefix", "must be a string"),
+        ("[network]\nprefix = 'fa'\n", "network.prefix", "unknown key"),
         ("[server\n", "config", "not valid TOML"),
     ],
 )
@@ -160,6 +188,8 @@ def test_file_mistakes_are_named(tmp_path: Path, text: str, field: str, words: s
         ({"PCIPASS_PCI_DEVICE_SPEC": "{vendor"}, "pci.device_spec", "not JSON"),
         ({"PCIPASS_PCI_ALIAS": "7"}, "pci.alias", "list of JSON strings"),
         ({"PCIPASS_AGENT_INTERVAL": "-1"}, "agent.interval", "more than 0"),
+        ({"PCIPASS_AGENT_SRIOV": "sysfs"}, "agent.sriov", "PCIPASS_AGENT_SRIOV"),
+        ({"PCIPASS_NETWORK_MAC_PREFIX": "01:00:5e"}, "network.mac_prefix", "multicast"),
         ({"PCIPASS_ADMIN_TOKEN": "has space in it, long enough"}, "server.admin_token",
          "without spaces"),
     ],
@@ -188,8 +218,10 @@ def test_settings_round_trip_through_environment(tmp_path: Path) -> None:
     rebuilt = load_settings(None, settings_to_env(original))
     assert rebuilt == Settings(
         state_dir=original.state_dir, server=original.server, pci=original.pci,
-        agent=original.agent, source=None,
+        agent=original.agent, source=None, network=original.network,
     )
+    assert rebuilt.network.mac_prefix == "02:ab:cd"
+    assert rebuilt.agent.sriov == "fake"
 
 
 def test_secrets_stay_out_of_repr(tmp_path: Path) -> None:

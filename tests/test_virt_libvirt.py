@@ -155,6 +155,9 @@ def every_call(d: VirtDriver) -> dict[str, Callable[[], object]]:
         "get_xml": lambda: d.get_xml(missing),
         "nodedev_detach": lambda: d.nodedev_detach(addr),
         "nodedev_reattach": lambda: d.nodedev_reattach(addr),
+        "attach_device": lambda: d.attach_device(missing, "<interface type='direct'/>"),
+        "detach_device": lambda: d.detach_device(missing, "<interface type='direct'/>"),
+        "migrate": lambda: d.migrate(missing, "test:///default", live=True),
     }
 
 

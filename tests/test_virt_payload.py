@@ -13,14 +13,23 @@ import pytest
 from lxml import etree
 
 from pcipass.errors import InvalidInput
+from pcipass.net.port import VnicType
 from pcipass.pci.address import PciAddress
 from pcipass.virt import from_payload as exported_from_payload
-from pcipass.virt.domain import DiskFormat, HostdevUnit, VirtType
+from pcipass.virt.domain import (
+    DirectInterface,
+    DiskFormat,
+    HostdevInterface,
+    HostdevUnit,
+    NetworkInterface,
+    VirtType,
+)
 from pcipass.virt.libvirt_driver import LibvirtDriver
 from pcipass.virt.nodedev import FakeNodeDevices
 from pcipass.virt.payload import (
     DestroyPayload,
     PayloadDevice,
+    PayloadInterface,
     domain_name,
     from_payload,
     hostdev_units,
@@ -180,6 +189,104 @@ def test_destroy_payload() -> None:
     assert unmanaged_addresses(got.devices) == (a("0000:3b:00.0"),)
 
 
+# --- ports ---------------------------------------------------------------------------------
+
+def nic(vnic_type: str, port: str, **over: Any) -> dict[str, Any]:
+    """A port as the claim bound it: a VF (direct, macvtap), the PF (direct-physical), or
+    nothing (normal)."""
+    base: dict[str, Any] = {
+        "port": port, "vnic_type": vnic_type, "mac": "fa:16:3e:00:00:01", "vlan": 100,
+        "address": None, "pf": None, "vf_index": None, "vf_netdev": None, "managed": True,
+        "trusted": False, "spoofchk": True, "max_tx_rate_mbps": None, "min_tx_rate_mbps": None,
+        "network": "net1", "physical_network": "physnet1",
+    }
+    if vnic_type in ("direct", "macvtap"):
+        base.update(address="0000:5e:10.2", pf="ens1f0", vf_index=3, vf_netdev="ens1f0v3")
+    elif vnic_type == "direct-physical":
+        base.update(address="0000:86:00.0", pf="ens3f0")
+    base.update(over)
+    return base
+
+
+PORTS = [
+    nic("direct", "p-direct", mac="fa:16:3e:00:00:01"),
+    nic("macvtap", "p-macvtap", mac="fa:16:3e:00:00:02", address="0000:5e:10.3", vf_index=4,
+        vf_netdev="ens1f0v4", vlan=None),
+    nic("direct-physical", "p-phys", mac="fa:16:3e:00:00:03"),
+    nic("normal", "p-normal", mac="FA:16:3E:00:00:04", vlan=None),
+]
+
+
+def port_payload(**over: Any) -> dict[str, Any]:
+    """A server with one port of each vnic type; the direct-physical PF is among the devices."""
+    return payload(devices=[dev("0000:86:00.0", None, alias="port:p-phys")],
+                   interfaces=copy.deepcopy(PORTS), **over)
+
+
+def test_each_vnic_type_becomes_its_interface() -> None:
+    s = spawn(port_payload())
+    assert s.interfaces == (
+        HostdevInterface("fa:16:3e:00:00:01", a("0000:5e:10.2"), vlan=100, managed=True),
+        DirectInterface("fa:16:3e:00:00:02", "ens1f0v4", vlan=None),
+        NetworkInterface("fa:16:3e:00:00:04", "default"),
+    )
+    # direct-physical adds no interface: its PF is the payload's device, a plain hostdev
+    assert s.hostdevs == (HostdevUnit((a("0000:86:00.0"),)),)
+
+
+def test_normal_ports_go_on_the_agents_network() -> None:
+    s = from_payload(port_payload(), host_cpus=HOST_CPUS, state_dir=Path("/s"),
+                     normal_network="tenant-nat")
+    assert [i.network for i in s.interfaces if isinstance(i, NetworkInterface)] == [
+        "tenant-nat"]
+
+
+def test_interfaces_parse_to_typed_values() -> None:
+    p = parse_spawn(port_payload())
+    direct, macvtap, phys, normal = p.interfaces
+    assert direct == PayloadInterface(
+        port="p-direct", vnic_type=VnicType.DIRECT, mac="fa:16:3e:00:00:01", vlan=100,
+        address=a("0000:5e:10.2"), pf="ens1f0", vf_index=3, vf_netdev="ens1f0v3",
+        managed=True, trusted=False, spoofchk=True, max_tx_rate_mbps=None,
+        min_tx_rate_mbps=None, network="net1", physical_network="physnet1")
+    assert (direct.is_vf, macvtap.is_vf, phys.is_vf, normal.is_vf) == (True, True, False, False)
+    assert (direct.on_switch, phys.on_switch, normal.on_switch) == (True, True, False)
+    assert normal.mac == "fa:16:3e:00:00:04"       # lower-cased once, here
+    assert (phys.address, phys.pf, phys.vf_index) == (a("0000:86:00.0"), "ens3f0", None)
+
+
+def test_interfaces_optional_fields_have_defaults() -> None:
+    raw = {"port": "p", "vnic_type": "direct", "mac": "fa:16:3e:00:00:09",
+           "address": "0000:5e:10.2", "pf": "ens1f0", "vf_index": 0,
+           "max_tx_rate_mbps": 1000, "min_tx_rate_mbps": 100, "trusted": True}
+    (got,) = parse_spawn(payload(interfaces=[raw])).interfaces
+    assert (got.vlan, got.managed, got.spoofchk, got.trusted) == (None, True, True, True)
+    assert (got.max_tx_rate_mbps, got.min_tx_rate_mbps) == (1000, 100)
+    assert parse_spawn(payload(interfaces=None)).interfaces == ()
+    assert parse_spawn(payload()).interfaces == ()
+
+
+def test_destroy_payload_carries_the_interfaces() -> None:
+    got = parse_destroy({"server": {"id": SERVER_ID}, "devices": [],
+                         "interfaces": copy.deepcopy(PORTS)})
+    assert [i.port for i in got.interfaces] == ["p-direct", "p-macvtap", "p-phys", "p-normal"]
+    assert got.interfaces[1].vf_index == 4
+    # a destroy does not need what only a spawn does: a macvtap VF without a netdev is fine
+    without = parse_destroy({"server": {"id": SERVER_ID},
+                             "interfaces": [nic("macvtap", "m", vf_netdev=None)]})
+    assert without.interfaces[0].vf_netdev is None
+
+
+def test_a_macvtap_port_without_a_vf_netdev_is_refused_naming_the_port() -> None:
+    p = payload(interfaces=[nic("normal", "n1", vlan=None),
+                            nic("macvtap", "web-port", vf_netdev=None)])
+    with pytest.raises(InvalidInput) as info:
+        spawn(p)
+    assert info.value.field == "interfaces[1].vf_netdev"
+    assert "macvtap port web-port" in info.value.message
+    assert "0000:5e:10.2" in info.value.message
+
+
 # --- errors name the field -----------------------------------------------------------------
 
 Edit = Callable[[dict[str, Any]], None]
@@ -267,6 +374,68 @@ def test_not_an_object() -> None:
         parse_destroy("x")
 
 
+def _both(*edits: Edit) -> Edit:
+    def edit(p: dict[str, Any]) -> None:
+        for e in edits:
+            e(p)
+    return edit
+
+
+BAD_PORTS: dict[str, tuple[Edit, str, str]] = {
+    "interfaces not a list": (_set("interfaces", {"port": "x"}), "interfaces", "list"),
+    "interface not an object": (_set("interfaces.0", "p"), "interfaces[0]", "object"),
+    "no port": (_drop("interfaces.0.port"), "interfaces[0].port", "missing"),
+    "no vnic type": (_drop("interfaces.1.vnic_type"), "interfaces[1].vnic_type", "missing"),
+    "unknown vnic type": (_set("interfaces.1.vnic_type", "vdpa"), "interfaces[1].vnic_type",
+                          "vdpa"),
+    "no mac": (_drop("interfaces.0.mac"), "interfaces[0].mac", "missing"),
+    "bad mac": (_set("interfaces.3.mac", "fa:16:3e:00:00"), "interfaces[3].mac",
+                "port p-normal"),
+    "multicast mac": (_set("interfaces.0.mac", "01:00:5e:00:00:01"), "interfaces[0].mac",
+                      "multicast"),
+    "vlan zero": (_set("interfaces.0.vlan", 0), "interfaces[0].vlan", "at least 1"),
+    "vlan too big": (_set("interfaces.0.vlan", 4095), "interfaces[0].vlan", "4095"),
+    "vlan a string": (_set("interfaces.0.vlan", "100"), "interfaces[0].vlan", "integer"),
+    "bad address": (_set("interfaces.0.address", "5e:10"), "interfaces[0].address", "5e:10"),
+    "direct without address": (_set("interfaces.0.address", None), "interfaces[0].address",
+                               "direct port p-direct is not bound"),
+    "direct without pf": (_set("interfaces.0.pf", None), "interfaces[0].pf", "missing"),
+    "macvtap without vf index": (_set("interfaces.1.vf_index", None),
+                                 "interfaces[1].vf_index", "macvtap port p-macvtap"),
+    "direct-physical without address": (_set("interfaces.2.address", None),
+                                        "interfaces[2].address", "missing"),
+    "vf index negative": (_set("interfaces.0.vf_index", -1), "interfaces[0].vf_index",
+                          "at least 0"),
+    "pf empty": (_set("interfaces.0.pf", ""), "interfaces[0].pf", "non-empty"),
+    "trusted not a bool": (_set("interfaces.0.trusted", "yes"), "interfaces[0].trusted",
+                           "true or false"),
+    "spoofchk not a bool": (_set("interfaces.0.spoofchk", 1), "interfaces[0].spoofchk",
+                            "true or false"),
+    "managed not a bool": (_set("interfaces.0.managed", "no"), "interfaces[0].managed",
+                           "true or false"),
+    "rate negative": (_set("interfaces.0.max_tx_rate_mbps", -5),
+                      "interfaces[0].max_tx_rate_mbps", "-5"),
+    "min above max": (_both(_set("interfaces.0.max_tx_rate_mbps", 10),
+                            _set("interfaces.0.min_tx_rate_mbps", 20)),
+                      "interfaces[0].min_tx_rate_mbps", "above"),
+    "port twice": (_set("interfaces.3.port", "p-direct"), "interfaces[3].port", "twice"),
+    "vf bound twice": (_set("interfaces.1.address", "0000:5e:10.2"), "interfaces[1].address",
+                       "two ports"),
+    "vf also a device": (_set("devices", [dev("0000:5e:10.2", None)]), "hostdevs", "twice"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_PORTS))
+def test_bad_interfaces_name_the_field(case: str) -> None:
+    edit, field, words = BAD_PORTS[case]
+    p = port_payload()
+    edit(p)
+    with pytest.raises(InvalidInput) as info:
+        spawn(p)
+    assert info.value.field == field, info.value.message
+    assert words in info.value.message, info.value.message
+
+
 # --- libvirt takes what comes out ----------------------------------------------------------
 
 CASES: dict[str, dict[str, Any]] = {
@@ -279,6 +448,7 @@ CASES: dict[str, dict[str, Any]] = {
         numa={"cells": [{"id": 0, "host_node": 0, "vcpus": 2, "memory_mb": 1024},
                         {"id": 1, "host_node": 1, "vcpus": 2, "memory_mb": 1024}]}),
     "plain": payload(devices=[], numa=None),
+    "every-vnic-type": port_payload(),
 }
 
 
@@ -297,6 +467,11 @@ def test_payload_xml_validates_against_libvirts_schema(schema: etree.RelaxNG,
     assert schema.validate(doc), f"{schema.error_log}\n{xml}"
 
 
+def type_of(i: object) -> str:
+    return {HostdevInterface: "hostdev", DirectInterface: "direct",
+            NetworkInterface: "network"}[type(i)]
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_payload_defines_and_starts_in_the_test_driver(case: str) -> None:
     p = copy.deepcopy(CASES[case])
@@ -310,8 +485,14 @@ def test_payload_defines_and_starts_in_the_test_driver(case: str) -> None:
         try:
             d.start(s.name)
             assert d.is_active(s.name)
-            live = read_hostdevs(d.get_xml(s.name))
+            xml = d.get_xml(s.name)
+            live = read_hostdevs(xml)
             assert {h.host for h in live} == {x for u in s.hostdevs for x in u.addresses}
+            assert {h.host for h in read_hostdevs(xml, interfaces=True)} - {
+                h.host for h in live} == {i.address for i in s.interfaces
+                                          if isinstance(i, HostdevInterface)}
+            assert [el.get("type") for el in etree.fromstring(xml.encode()).iterfind(
+                "devices/interface")] == [type_of(i) for i in s.interfaces]
             assert {h.host for h in live if not h.managed} == set(s.unmanaged_addresses)
         finally:
             d.destroy(s.name)

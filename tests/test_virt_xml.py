@@ -30,6 +30,7 @@ from pcipass.virt.domain import (
     GuestCell,
     HostdevInterface,
     HostdevUnit,
+    NetworkInterface,
     NumaPlacement,
     VirtType,
     format_cpuset,
@@ -100,10 +101,19 @@ SPECS: dict[str, DomainSpec] = {
         DirectInterface("fa:16:3e:00:00:04", "ens1f0v3", vlan=100),
         DirectInterface("fa:16:3e:00:00:05", "ens1f0v4"),
     )),
+    "network-interface": spec(interfaces=(
+        NetworkInterface("fa:16:3e:00:00:08", "default"),)),
+    # one port of each vnic type: direct, macvtap, normal; direct-physical is the PF hostdev
+    "every-vnic-type": spec(hostdevs=(unit("0000:86:00.0"),), interfaces=(
+        HostdevInterface("fa:16:3e:00:01:01", a("0000:5e:10.2"), vlan=100),
+        DirectInterface("fa:16:3e:00:01:02", "ens1f0v3", vlan=100),
+        NetworkInterface("fa:16:3e:00:01:03", "default"),
+    )),
     "everything": spec(vcpus=4, memory_mb=2048, numa=TWO_CELLS,
                        hostdevs=(GPU, unit("10000:01:00.0", managed=False)),
                        interfaces=(HostdevInterface("fa:16:3e:00:00:06", a("0000:5e:10.5"), 7),
-                                   DirectInterface("fa:16:3e:00:00:07", "ens2f0v1", 8))),
+                                   DirectInterface("fa:16:3e:00:00:07", "ens2f0v1", 8),
+                                   NetworkInterface("fa:16:3e:00:00:09", "default"))),
     "qemu-type": spec(virt_type=VirtType.QEMU, hostdevs=(GPU,)),
 }
 
@@ -137,6 +147,19 @@ def test_schema_rejects_what_libvirt_would(schema: etree.RelaxNG) -> None:
     """The schema check has teeth: a broken hostdev is caught."""
     root = build_domain(SPECS["multifunction"])
     root.find("devices/hostdev/source/address").set("bus", "bus-three")  # type: ignore[union-attr]
+    assert not schema.validate(root)
+
+
+def test_schema_rejects_a_broken_interface_of_each_vnic_type(schema: etree.RelaxNG) -> None:
+    """The new interface kinds are checked too: each one, damaged, is refused."""
+    for n in range(3):
+        root = build_domain(SPECS["every-vnic-type"])
+        nic = root.findall("devices/interface")[n]
+        nic.find("mac").set("address", "not-a-mac")  # type: ignore[union-attr]
+        assert not schema.validate(root), n
+    root = build_domain(SPECS["network-interface"])
+    root.find("devices/interface/source").attrib.pop("network")  # type: ignore[union-attr]
+    root.find("devices/interface/source").set("bridge", "")  # type: ignore[union-attr]
     assert not schema.validate(root)
 
 
@@ -290,7 +313,7 @@ def test_machine_and_type() -> None:
 
 def test_interfaces_shape() -> None:
     root = build_domain(SPECS["everything"])
-    hostdev_nic, direct_nic = root.iterfind("devices/interface")
+    hostdev_nic, direct_nic, network_nic = root.iterfind("devices/interface")
     assert dict(hostdev_nic.attrib) == {"type": "hostdev", "managed": "yes"}
     assert hostdev_nic.find("mac").get("address") == "fa:16:3e:00:00:06"  # type: ignore[union-attr]
     assert dict(hostdev_nic.find("source/address").attrib) == {  # type: ignore[union-attr]
@@ -301,6 +324,10 @@ def test_interfaces_shape() -> None:
         "dev": "ens2f0v1", "mode": "passthrough"}
     assert direct_nic.find("model").get("type") == "virtio"  # type: ignore[union-attr]
     assert direct_nic.find("vlan/tag").get("id") == "8"  # type: ignore[union-attr]
+    assert dict(network_nic.attrib) == {"type": "network"}
+    assert [(c.tag, dict(c.attrib)) for c in network_nic] == [
+        ("mac", {"address": "fa:16:3e:00:00:09"}), ("source", {"network": "default"}),
+        ("model", {"type": "virtio"})]
     no_vlan = build_domain(SPECS["direct-interface"]).findall("devices/interface")[1]
     assert no_vlan.find("vlan") is None
     nics = read_hostdevs(root, interfaces=True)
@@ -379,6 +406,10 @@ def test_format_cpuset(cpus: tuple[int, ...], text: str) -> None:
     (lambda: DirectInterface("fa:16:3e:00:00:01", "eth0", vlan=0), "vlan"),
     (lambda: DirectInterface("fa:16:3e:00:00:01", "a-very-long-netdev-name"), "dev"),
     (lambda: DirectInterface("fa:16:3e:00:00:01", "eth/0"), "dev"),
+    (lambda: NetworkInterface("fa:16:3e:00:00:01", ""), "network"),
+    (lambda: NetworkInterface("fa:16:3e:00:00:01", "a/b"), "network"),
+    (lambda: NetworkInterface("fa:16:3e:00:00:01", " default"), "network"),
+    (lambda: NetworkInterface("ff:ff:ff:ff:ff:ff", "default"), "mac"),
 ])
 def test_spec_refuses(build: object, field: str) -> None:
     with pytest.raises(InvalidInput) as info:
@@ -434,7 +465,7 @@ def specs(draw: st.DrawFn) -> DomainSpec:
             for n in nodes])
     hostdevs = draw(units())
     taken = {x for u in hostdevs for x in u.addresses}
-    nics: list[HostdevInterface | DirectInterface] = []
+    nics: list[HostdevInterface | DirectInterface | NetworkInterface] = []
     macs = st.integers(0, 0xFFFFFF).map(lambda v: f"fa:16:3e:{v >> 16:02x}:{v >> 8 & 255:02x}:"
                                                   f"{v & 255:02x}")
     vlans = st.none() | st.integers(1, 4094)
@@ -444,6 +475,8 @@ def specs(draw: st.DrawFn) -> DomainSpec:
     for dev in draw(st.lists(st.from_regex(r"[a-z][a-z0-9]{0,14}", fullmatch=True),
                              max_size=2)):
         nics.append(DirectInterface(draw(macs), dev, draw(vlans)))
+    for _ in range(draw(st.integers(0, 2))):
+        nics.append(NetworkInterface(draw(macs), "default"))
     disk = draw(st.none() | st.builds(
         BootDisk, st.from_regex(r"/[A-Za-z0-9 _.&<>'-]{1,30}", fullmatch=True),
         st.from_regex(r"/[A-Za-z0-9 _.-]{1,30}", fullmatch=True), st.sampled_from(DiskFormat)))

@@ -30,6 +30,12 @@ or ``pcipass.sched`` imports this module. The environment wins over the file, ke
     interval = 60                        # seconds between reports
     state_dir = "..."                    # default: the global state dir
     sysfs_root = "/"
+    sriov = "netlink"                    # netlink | fake: how VFs of SR-IOV ports are programmed
+    switch_driver = "noop"               # a pcipass.switch_drivers entry point (noop, log, ...)
+    normal_network = "default"           # the libvirt network vnic-type normal ports go on
+
+    [network]                            # PCIPASS_NETWORK_<KEY>
+    mac_prefix = "fa:16:3e"              # ports' generated MACs start with it (1-5 octets)
 
 Server keys take the short ``PCIPASS_<KEY>`` names; the other sections
 ``PCIPASS_<SECTION>_<KEY>``. An unknown section or key, or a value of the wrong type, is an
@@ -47,7 +53,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pcipass.errors import InvalidConfig
+from pcipass.errors import InvalidConfig, InvalidInput
+from pcipass.net.port import DEFAULT_MAC_PREFIX, parse_mac_prefix
+from pcipass.net.switch import DEFAULT_SWITCH_DRIVER
 
 DEFAULT_LISTEN = "127.0.0.1:8774"
 DEFAULT_PORT = 8774
@@ -100,14 +108,32 @@ class TaskSettings:
     timeout: float = 300.0
 
 
+SRIOV_KINDS = ("netlink", "fake")   # pcipass.agent.ports.SriovKind (config imports no agent)
+DEFAULT_NORMAL_NETWORK = "default"  # pcipass.virt.payload.DEFAULT_NORMAL_NETWORK
+
+
 @dataclass(frozen=True, slots=True)
 class AgentSettings:
+    """``sriov`` names how VFs are programmed (``netlink`` or ``fake``), ``switch_driver``
+    the switch plug-in (checked when the agent loads it), ``normal_network`` the libvirt
+    network that ``normal`` ports are plugged into."""
+
     state_dir: Path
     server: str | None = None
     token: str | None = field(default=None, repr=False)
     host_name: str | None = None
     interval: float = 60.0
     sysfs_root: Path = Path("/")
+    sriov: str = "netlink"
+    switch_driver: str = DEFAULT_SWITCH_DRIVER
+    normal_network: str = DEFAULT_NORMAL_NETWORK
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkSettings:
+    """``mac_prefix``: what generated port MACs start with (lower-case, unicast)."""
+
+    mac_prefix: str = DEFAULT_MAC_PREFIX
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +145,7 @@ class Settings:
     source: Path | None = None
     scheduler: SchedulerSettings = SchedulerSettings()
     tasks: TaskSettings = TaskSettings()
+    network: NetworkSettings = NetworkSettings()
 
 
 def default_state_dir(env: Mapping[str, str]) -> Path:
@@ -203,6 +230,29 @@ def _weigher(value: Any, key: str, from_env: bool) -> str:
     return text
 
 
+def _sriov(value: Any, key: str, from_env: bool) -> str:
+    text = _str(value, key, from_env).strip().lower()
+    if text not in SRIOV_KINDS:
+        raise InvalidConfig(f"{key} must be one of {', '.join(SRIOV_KINDS)}, not {value!r}",
+                            field=key)
+    return text
+
+
+def _name(value: Any, key: str, from_env: bool) -> str:
+    """A plug-in's or libvirt object's name: one word, no slashes."""
+    text = _str(value, key, from_env).strip()
+    if not text or "/" in text or any(c.isspace() for c in text) or not text.isprintable():
+        raise InvalidConfig(f"{key} {value!r} is not a name (no spaces or slashes)", field=key)
+    return text
+
+
+def _mac_prefix(value: Any, key: str, from_env: bool) -> str:
+    try:
+        return parse_mac_prefix(_str(value, key, from_env), field=key)
+    except InvalidInput as exc:
+        raise InvalidConfig(exc.message, field=key) from None
+
+
 def _path(value: Any, key: str, from_env: bool) -> Path:
     return Path(_str(value, key, from_env)).expanduser()
 
@@ -268,6 +318,10 @@ _KEYS: dict[tuple[str, str], tuple[Coerce, str]] = {
     ("agent", "interval"): (_seconds, "PCIPASS_AGENT_INTERVAL"),
     ("agent", "state_dir"): (_path, "PCIPASS_AGENT_STATE_DIR"),
     ("agent", "sysfs_root"): (_path, "PCIPASS_AGENT_SYSFS_ROOT"),
+    ("agent", "sriov"): (_sriov, "PCIPASS_AGENT_SRIOV"),
+    ("agent", "switch_driver"): (_name, "PCIPASS_AGENT_SWITCH_DRIVER"),
+    ("agent", "normal_network"): (_name, "PCIPASS_AGENT_NORMAL_NETWORK"),
+    ("network", "mac_prefix"): (_mac_prefix, "PCIPASS_NETWORK_MAC_PREFIX"),
 }
 _SECTIONS = {s for s, _ in _KEYS if s}
 
@@ -358,6 +412,9 @@ def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Se
             host_name=get("agent", "host_name", None),
             interval=get("agent", "interval", 60.0),
             sysfs_root=get("agent", "sysfs_root", Path("/")),
+            sriov=get("agent", "sriov", "netlink"),
+            switch_driver=get("agent", "switch_driver", DEFAULT_SWITCH_DRIVER),
+            normal_network=get("agent", "normal_network", DEFAULT_NORMAL_NETWORK),
         ),
         source=path,
         scheduler=SchedulerSettings(
@@ -366,6 +423,7 @@ def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Se
             candidates=get("scheduler", "candidates", 8),
         ),
         tasks=TaskSettings(timeout=get("tasks", "timeout", 300.0)),
+        network=NetworkSettings(mac_prefix=get("network", "mac_prefix", DEFAULT_MAC_PREFIX)),
     )
 
 
@@ -394,5 +452,9 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
         ("agent", "interval"): repr(a.interval),
         ("agent", "state_dir"): str(a.state_dir),
         ("agent", "sysfs_root"): str(a.sysfs_root),
+        ("agent", "sriov"): a.sriov,
+        ("agent", "switch_driver"): a.switch_driver,
+        ("agent", "normal_network"): a.normal_network,
+        ("network", "mac_prefix"): settings.network.mac_prefix,
     }
     return {env_name(sec, key): v or "" for (sec, key), v in values.items()}

@@ -40,6 +40,7 @@ from rich.table import Table
 
 from pcipass import errors
 from pcipass.agent.loop import Agent, stop_on_signals
+from pcipass.agent.ports import SriovKind, make_programmer
 from pcipass.agent.state import state_path
 from pcipass.agent.tasks import TaskRunner
 from pcipass.cli import render
@@ -52,7 +53,9 @@ from pcipass.cli.client import (
     flavor_record,
     host_record,
     image_record,
+    network_record,
     pool_record,
+    port_record,
     quota_record,
     server_record,
     usage_record,
@@ -63,9 +66,11 @@ from pcipass.cli.servers import placement_line
 from pcipass.cli.specs import SpecText, load_specs
 from pcipass.host.pciids import PciIds
 from pcipass.host.profiles import PROFILES, build_host, suggested_aliases, suggested_device_spec
+from pcipass.host.sriov import RecordingVfProgrammer, VfSlot
+from pcipass.net.switch import LogSwitchDriver
 from pcipass.pci.device import DevType
 from pcipass.pci.devspec import DeviceSpecSet
-from pcipass.records import DeviceRecord, PoolRecord
+from pcipass.records import DeviceRecord, PoolRecord, PortRecord
 from pcipass.virt.driver import DriverKind, open_driver
 
 SERVER_START_TIMEOUT_S = 60.0
@@ -87,6 +92,8 @@ class SimHost:
     agent: Agent | None = None
     tasks: TaskRunner | None = None
     task_thread: threading.Thread | None = None
+    vfs: RecordingVfProgrammer | None = None  # the host's PFs as the fake VF programmer keeps them
+    switch: LogSwitchDriver = field(default_factory=LogSwitchDriver)
 
 
 @dataclass
@@ -229,12 +236,16 @@ def _make_tasks(run: DemoRun, host: SimHost, agent: Agent) -> TaskRunner:
     """The host's task loop, as ``pcipass agent --driver fake`` builds it, in its own state
     dir (the fake driver's domains, boot disks and task journals live there)."""
     state_dir = run.workdir / "state" / host.name
+    programmer = make_programmer(SriovKind.FAKE, agent.discover)
+    assert isinstance(programmer, RecordingVfProgrammer)
+    host.vfs = programmer
     return TaskRunner(
         client=ApiClient(run.url, host.token), host=host.name, state_dir=state_dir,
         open_driver=lambda: open_driver(DriverKind.FAKE, state_dir=state_dir),
         overlays=disk_overlays(DriverKind.FAKE, state_dir),
         host_cpus=lambda: host_cpus(agent.discover()),
         wait=TASK_WAIT_S, virt_type=virt_type(DriverKind.FAKE), stop=run.stop,
+        programmer=programmer, switch=host.switch,
     )
 
 
@@ -586,13 +597,14 @@ def _wait_status(admin: ApiClient, server_id: str, done: Callable[[str], bool],
         time.sleep(SETTLE_POLL_S)
 
 
-def start_servers(run: DemoRun) -> None:
-    """The hosts' task loops run the spawn tasks: each placed server leaves BUILDING."""
+def start_servers(run: DemoRun, names: Sequence[str] | None = None) -> None:
+    """The hosts' task loops run the spawn tasks: each placed server (of ``names``, default
+    all) leaves BUILDING."""
     c = run.console
     started = time.monotonic()
     with run.admin() as admin:
         for name, obj in list(run.servers.items()):
-            if obj.get("host") is None:
+            if obj.get("host") is None or (names is not None and name not in names):
                 continue  # never placed: no host has a task for it
             last = _wait_status(admin, str(obj["id"]), lambda s: s != "BUILDING")
             if last is None:
@@ -694,6 +706,174 @@ def show_usage(run: DemoRun) -> None:
                           "when a host's agent has started the server")
 
 
+# --- SR-IOV networks and ports --------------------------------------------------------------
+
+NIC_FLAVOR = "net.small"  # no flavor devices: the NICs bring theirs
+
+
+@dataclass(frozen=True, slots=True)
+class NicBoot:
+    name: str
+    nics: tuple[dict[str, str], ...]
+    why: str
+    expect: str = PLACED
+    as_admin: bool = False
+
+
+NIC_BOOTS: tuple[NicBoot, ...] = (
+    NicBoot("web-1", ({"net_id": "tenant-net", "vnic_type": "direct"},
+                      {"port_id": "st-port"}),
+            "a VF on physnet1 (VLAN 100) as a hostdev NIC, and a macvtap port made before"),
+    NicBoot("gw-1", ({"net_id": "storage-net", "vnic_type": "direct-physical"},),
+            "a whole PF on physnet2", as_admin=True),
+    NicBoot("lab-1", ({"net_id": "lab-net", "vnic_type": "direct"},),
+            "a VF on physnet3, which no PF is cabled to", expect=NOT_PLACED),
+)
+
+
+def sriov_networks(run: DemoRun) -> None:
+    """Networks on two physical networks, ports of each SR-IOV vnic type, their bindings."""
+    c = run.console
+    with run.admin() as admin:
+        admin.create_flavor(name=NIC_FLAVOR, vcpus=2, ram_mb=4096, disk_gb=10, extra_specs={})
+        admin.create_network(name="tenant-net", physical_network="physnet1",
+                             segmentation="vlan", segmentation_id=100, project=TENANT)
+        admin.create_network(name="storage-net", physical_network="physnet2",
+                             segmentation="vlan", segmentation_id=200)
+        admin.create_network(name="lab-net", physical_network="physnet3", segmentation="flat")
+        try:
+            admin.create_network(name="bad-net", physical_network="physnet1",
+                                 segmentation="vlan", segmentation_id=4095)
+        except errors.InvalidInput as exc:
+            c.print("- " + _refused("network bad-net with VLAN 4095", exc), highlight=False)
+        else:
+            run.surprise("a network with VLAN 4095 was accepted")
+        nets = [network_record(n) for n in admin.networks().items]
+    c.print(render.networks_table(nets, title="Networks (GET /v1/networks)"))
+    with run.member() as member:
+        member.create_port(network="storage-net", name="st-port", vnic_type="macvtap")
+        try:
+            member.create_port(network="tenant-net", name="sneaky", vnic_type="direct",
+                               trusted=True)
+        except errors.PcipassError as exc:
+            c.print("- " + _refused("a tenant's trusted port", exc), highlight=False)
+        else:
+            run.surprise("a tenant created a trusted port")
+    for case in NIC_BOOTS:
+        c.print(f"[bold]{case.name}[/] ({NIC_FLAVOR}, "
+                + escape(", ".join(_nic_text(n) for n in case.nics)) + f"): {case.why}",
+                highlight=False)
+        client = run.admin() if case.as_admin else run.member()
+        with client:
+            obj = client.create_server(name=case.name, flavor=NIC_FLAVOR, image=PLAIN_IMAGE,
+                                       project=OPS_PROJECT if case.as_admin else None,
+                                       nics=case.nics)
+        outcome = NOT_PLACED if obj.get("status") == NOT_PLACED else PLACED
+        colour = "red" if outcome == NOT_PLACED else "green"
+        c.print(f"  [{colour}]{escape(placement_line(obj))}[/]", highlight=False)
+        if outcome != case.expect:
+            run.surprise(f"{case.name}: expected {case.expect}, got {outcome}")
+        if outcome == PLACED:
+            run.servers[case.name] = obj
+    start_servers(run, [case.name for case in NIC_BOOTS])
+    with run.admin() as admin:
+        ports = [port_record(p) for p in admin.ports().items]
+        c.print(render.ports_table(ports, title="Ports and their bindings (GET /v1/ports)"))
+        show_vfs(run, [p for p in ports if p.binding is not None])
+        if "web-1" in run.servers:
+            xml = admin.server_domain_xml(str(run.servers["web-1"]["id"]))
+            c.print(escape("GET /v1/servers/web-1/domain-xml, its NICs:"), highlight=False)
+            for line in interface_lines(xml):
+                c.print(f"  {escape(line)}", highlight=False)
+
+
+def _nic_text(nic: dict[str, str]) -> str:
+    return ",".join(f"{k.replace('_', '-')}={v}" for k, v in nic.items())
+
+
+def _host(run: DemoRun, name: str) -> SimHost | None:
+    return next((h for h in run.hosts if h.name == name), None)
+
+
+def show_vfs(run: DemoRun, ports: Sequence[PortRecord]) -> None:
+    """What each bound VF's PF now enforces (the fake programmer's table), and the switch."""
+    c = run.console
+    for p in ports:
+        b = p.binding
+        assert b is not None
+        host = _host(run, b.host)
+        if host is None or host.vfs is None or b.pf_netdev is None:
+            continue
+        if b.vf_index is None:
+            c.print(escape(f"- {p.name or p.id}: the whole PF {b.pf_netdev} on {b.host}"),
+                    highlight=False)
+            continue
+        vf = host.vfs.state(VfSlot(b.pf_netdev, b.vf_index))
+        c.print(escape(f"- {p.name or p.id}: {b.host} VF {b.vf_index} on {b.pf_netdev}: MAC "
+                       f"{vf.mac}, VLAN {vf.vlan or 'none'}, spoof-check "
+                       f"{'on' if vf.spoofchk else 'off'}, trust {'on' if vf.trust else 'off'}"),
+                highlight=False)
+        if vf.mac != p.mac or (vf.vlan or None) != p.segmentation_id:
+            run.surprise(f"VF {b.vf_index} on {b.pf_netdev} was not programmed for {p.mac}")
+    for host in run.hosts:
+        for call in host.switch.calls:
+            c.print(escape(f"  switch ({host.name}): {call.op} PF {call.pf} VLAN "
+                           f"{call.vlan or 'untagged'} MAC {call.mac}"), highlight=False)
+
+
+def interface_lines(xml: str) -> list[str]:
+    """The ``<interface>`` elements of a domain XML, line by line."""
+    out: list[str] = []
+    inside = False
+    for line in xml.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("<interface"):
+            inside = True
+        if inside:
+            out.append(stripped)
+            if stripped.startswith("</interface"):
+                inside = False
+    return out
+
+
+def delete_nic_server(run: DemoRun) -> None:
+    """web-1 goes: its VF is restored, the port it made is deleted, st-port stays, detached."""
+    c = run.console
+    obj = run.servers.get("web-1")
+    if obj is None or obj.get("host") is None:
+        run.surprise("web-1 was never placed, so there is nothing to delete")
+        return
+    with run.member() as member:
+        member.delete_server("web-1")
+    with run.admin() as admin:
+        last = _wait_status(admin, str(obj["id"]), lambda s: s == "DELETED")
+        status = "DELETED" if last is None else str(last.get("status"))
+        c.print(escape(f"DELETE /v1/servers/web-1: {status} once its host's agent confirmed"),
+                highlight=False)
+        if status != "DELETED":
+            run.surprise(f"web-1 is {status}, not DELETED, after its destroy task")
+        held = [p for p in server_record(obj).ports if p.binding is not None]
+        left = {r.id: r for r in (port_record(o) for o in admin.ports().items)}
+        for p in held:
+            b = p.binding
+            assert b is not None
+            host = _host(run, b.host)
+            after = left.get(p.id)
+            fate = ("deleted with the server" if after is None
+                    else f"kept, {after.status}, attached to {after.server_id or 'nothing'}")
+            vf_text = ""
+            if host is not None and host.vfs is not None and b.pf_netdev is not None \
+                    and b.vf_index is not None:
+                vf = host.vfs.state(VfSlot(b.pf_netdev, b.vf_index))
+                vf_text = f"; VF {b.vf_index} on {b.pf_netdev} back to MAC {vf.mac}"
+                if vf.mac == p.mac:
+                    run.surprise(f"VF {b.vf_index} on {b.pf_netdev} kept web-1's MAC")
+            c.print(escape(f"- port {p.name or p.id}: {fate}{vf_text}"), highlight=False)
+            if p.auto_delete == (after is not None):
+                run.surprise(f"port {p.name or p.id}: auto_delete={p.auto_delete} but it was "
+                             f"{'kept' if after is not None else 'deleted'}")
+
+
 SCENARIO: tuple[tuple[str, Step], ...] = (
     ("Start the control plane", start_control_plane),
     ("Build simulated hosts", build_hosts),
@@ -709,6 +889,8 @@ SCENARIO: tuple[tuple[str, Step], ...] = (
     ("Ask the scheduler without booting", explain_boots),
     ("Servers and pools after booting", show_servers),
     ("Delete a server", delete_server),
+    ("SR-IOV networks and ports", sriov_networks),
+    ("Delete a server with ports", delete_nic_server),
     ("Usage", show_usage),
 )
 

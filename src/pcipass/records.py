@@ -148,6 +148,56 @@ class ServerDevice:
     numa_node: int | None
 
 
+# --- issue 5: SR-IOV networks and ports ------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class NetworkRecord:
+    """A provider network: a VLAN (or the untagged, flat segment) on a physical network."""
+
+    id: str
+    name: str
+    project: str | None   # None: shared with every project
+    physical_network: str
+    segmentation: str     # "vlan" | "flat"
+    segmentation_id: int | None
+    created_at: datetime
+    ports: int = 0        # ports on it
+
+
+@dataclass(frozen=True, slots=True)
+class PortBinding:
+    """Where a port landed: the VF (or, for ``direct-physical``, the PF) a claim gave it."""
+
+    host: str
+    address: PciAddress
+    pf_netdev: str | None     # the parent PF's netdev (direct-physical: the PF's own)
+    vf_index: int | None
+    vf_netdev: str | None     # the VF's own netdev (what macvtap sits on)
+
+
+@dataclass(frozen=True, slots=True)
+class PortRecord:
+    id: str
+    name: str | None
+    project: str
+    network_id: str
+    network: str              # the network's name
+    physical_network: str     # copied from the network, for display
+    segmentation_id: int | None
+    vnic_type: str
+    mac: str
+    trusted: bool
+    spoofchk: bool
+    max_tx_rate_mbps: int | None
+    min_tx_rate_mbps: int | None
+    numa_affinity_policy: str | None
+    server_id: str | None
+    auto_delete: bool         # created by ``server create --nic net-id=``: goes with the server
+    status: str               # "DOWN" (unbound), "BUILD" (bound, server not ACTIVE), "ACTIVE"
+    binding: PortBinding | None
+    created_at: datetime
+
+
 @dataclass(frozen=True, slots=True)
 class ServerRecord:
     id: str
@@ -163,6 +213,7 @@ class ServerRecord:
     numa_cells: tuple[int, ...]  # host NUMA nodes the guest's cells were placed on
     created_at: datetime
     updated_at: datetime
+    ports: tuple[PortRecord, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,8 +7,16 @@ whole or not at all, carries what a restarted agent needs::
 
     STATE/tasks/<id>.json   {"version": 1, "id", "host", "kind", "server_id", "payload",
                              "phase": "started" | "finished" | "reported", "attempts": n,
-                             "detached": [address, ...], "result": null | {"ok", "message",
-                             "domain_xml"}, "reply": null | {...}, "started_at", "updated_at"}
+                             "detached": [address, ...], "vfs": [saved VF, ...],
+                             "bound": [switch binding, ...], "unbound": [...],
+                             "result": null | {"ok", "message", "domain_xml"},
+                             "reply": null | {...}, "started_at", "updated_at"}
+
+``vfs`` are what each port's VF had before this host programmed it (a spawn saves each one
+before programming it, here and in ``STATE/vfs/<server_id>.json`` for the destroy task; a
+destroy copies that file in before restoring), ``bound`` the switch bindings a spawn made
+(recorded before each call), ``unbound`` those already undone (so a resumed release does not
+repeat them). See :mod:`pcipass.agent.ports`.
 
 The rules (pure functions below; :class:`TaskRunner` is the thin shell that performs them):
 
@@ -24,7 +32,13 @@ The rules (pure functions below; :class:`TaskRunner` is the thin shell that perf
   without a ``state`` the domain is left alone (a refused re-send of a result the server
   already took looks the same) and a warning logged;
 - any spawn failure cleans up (destroy, undefine, re-attach unmanaged functions, remove the
-  overlay) and reports the driver's message; a destroy of a domain already gone succeeds.
+  overlay, restore the VFs it programmed, unbind the switch) and reports the driver's (or the
+  PF's) message; a destroy of a domain already gone succeeds;
+- a spawn with a ``direct`` or ``macvtap`` port on an agent without a VF programmer fails
+  before touching anything; a destroy restores every VF of the server (from what the spawn
+  saved, else :data:`~pcipass.agent.ports.FALLBACK_VF`) once the domain is gone, removes the
+  server's VF file, then unbinds the switch. Restoring and unbinding are idempotent, so a
+  release interrupted by a restart is simply run again.
 """
 
 from __future__ import annotations
@@ -41,14 +55,33 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
+from uuid import UUID
 
 from pcipass import errors
 from pcipass.agent.policy import BACKOFF_BASE_S, backoff_delay
+from pcipass.agent.ports import (
+    FALLBACK_VF,
+    VFS_DIR,
+    SavedVf,
+    SwitchBinding,
+    VfStore,
+    binding_from_json,
+    binding_to_json,
+    saved_from_json,
+    saved_to_json,
+    switch_bindings,
+    vf_config,
+    vf_slot,
+)
+from pcipass.host.sriov import VfProgrammer
+from pcipass.net.switch import NoopSwitchDriver, SwitchDriver
 from pcipass.pci.address import PciAddress
 from pcipass.virt.domain import DomainSpec, VirtType
 from pcipass.virt.driver import VirtDriver
 from pcipass.virt.overlay import DiskOverlays
 from pcipass.virt.payload import (
+    DEFAULT_NORMAL_NETWORK,
+    SpawnPayload,
     domain_name,
     domain_spec,
     overlay_path,
@@ -114,6 +147,9 @@ class Journal:
     detached: tuple[str, ...] = ()
     result: Result | None = None
     reply: JSON | None = None
+    vfs: tuple[SavedVf, ...] = ()
+    bound: tuple[SwitchBinding, ...] = ()
+    unbound: tuple[SwitchBinding, ...] = ()
 
 
 def parse_task(obj: Any) -> Task:
@@ -170,6 +206,8 @@ def prunable(journals: Iterable[Journal], now: datetime,
 class Step(StrEnum):
     CREATE_DISK = "create_disk"
     DETACH = "detach"
+    PROGRAM_VFS = "program_vfs"
+    BIND_SWITCH = "bind_switch"
     DEFINE = "define"
     START = "start"
     DESTROY = "destroy"
@@ -189,11 +227,12 @@ class Seen:
 def spawn_plan(seen: Seen) -> tuple[Step, ...]:
     """What is left of a spawn. A running domain is done (its disk and detached functions
     came before it); anything less is redone from the disk on, each step being idempotent:
-    the disk is kept when present, detaching a detached function and redefining the same
-    domain change nothing."""
+    the disk is kept when present, detaching a detached function, programming a VF as it
+    already is, binding a port again and redefining the same domain change nothing."""
     if seen.active:
         return ()
-    return (Step.CREATE_DISK, Step.DETACH, Step.DEFINE, Step.START)
+    return (Step.CREATE_DISK, Step.DETACH, Step.PROGRAM_VFS, Step.BIND_SWITCH, Step.DEFINE,
+            Step.START)
 
 
 def teardown_plan(seen: Seen) -> tuple[Step, ...]:
@@ -237,6 +276,9 @@ def journal_to_json(j: Journal) -> JSON:
         "version": JOURNAL_VERSION, "id": j.id, "host": j.host, "kind": j.kind,
         "server_id": j.server_id, "payload": j.payload, "phase": j.phase.value,
         "attempts": j.attempts, "detached": list(j.detached),
+        "vfs": [saved_to_json(v) for v in j.vfs],
+        "bound": [binding_to_json(b) for b in j.bound],
+        "unbound": [binding_to_json(b) for b in j.unbound],
         "result": None if j.result is None else {
             "ok": j.result.ok, "message": j.result.message, "domain_xml": j.result.domain_xml},
         "reply": j.reply, "started_at": _iso(j.started_at), "updated_at": _iso(j.updated_at),
@@ -253,6 +295,9 @@ def journal_from_json(obj: Any) -> Journal:
         server_id=str(obj["server_id"]), payload=dict(obj.get("payload") or {}),
         phase=Phase(obj["phase"]), attempts=int(obj.get("attempts") or 1),
         detached=tuple(str(a) for a in obj.get("detached") or ()),
+        vfs=tuple(saved_from_json(v) for v in obj.get("vfs") or ()),
+        bound=tuple(binding_from_json(b) for b in obj.get("bound") or ()),
+        unbound=tuple(binding_from_json(b) for b in obj.get("unbound") or ()),
         result=None if res is None else Result(bool(res["ok"]), res.get("message"),
                                                 res.get("domain_xml")),
         reply=obj.get("reply"),
@@ -342,6 +387,10 @@ class TaskRunner:
     ``open_driver`` is called when a driver is first needed and again after it failed to
     open, so a host whose libvirtd is down keeps reporting inventory and picks tasks up once
     libvirt answers. ``host_cpus`` gives each NUMA node's CPUs (from discovery).
+
+    ``programmer`` sets the VFs of ``direct`` and ``macvtap`` ports (None: this agent has
+    none, and a spawn with such a port fails saying so); ``switch`` is told about every
+    SR-IOV port; ``normal_network`` is the libvirt network ``normal`` ports are plugged into.
     """
 
     client: TaskApi
@@ -358,9 +407,13 @@ class TaskRunner:
     max_attempts: int = MAX_ATTEMPTS
     backoff_base: float = BACKOFF_BASE_S
     busy: bool = False          # inside a task (the loop's shutdown waits for it)
+    programmer: VfProgrammer | None = None
+    switch: SwitchDriver = field(default_factory=NoopSwitchDriver)
+    normal_network: str = DEFAULT_NORMAL_NETWORK
 
     def __post_init__(self) -> None:
         self.journals = JournalDir(self.state_dir / "tasks")
+        self.vf_store = VfStore(self.state_dir / VFS_DIR)
         self.driver: VirtDriver | None = None
         self._unsettled: set[str] | None = None   # journals not REPORTED; None: scan the dir
         self._pruned_at: datetime | None = None
@@ -569,11 +622,11 @@ class TaskRunner:
 
     # -- spawn and destroy ----------------------------------------------------------------
 
-    def _spec(self, journal: Journal) -> tuple[DomainSpec, int]:
+    def _spec(self, journal: Journal) -> tuple[SpawnPayload, DomainSpec]:
         p = parse_spawn(journal.payload)
         spec = domain_spec(p, host_cpus=self.host_cpus(), state_dir=self.state_dir,
-                           virt_type=self.virt_type)
-        return spec, p.disk_gb
+                           virt_type=self.virt_type, normal_network=self.normal_network)
+        return p, spec
 
     def _seen(self, name: str) -> Seen:
         driver = self.ensure_driver()
@@ -581,7 +634,13 @@ class TaskRunner:
         return Seen(exists, exists and driver.is_active(name))
 
     def _spawn(self, journal: Journal) -> tuple[Journal, Result]:
-        spec, disk_gb = self._spec(journal)   # invalid payload: fails before touching anything
+        p, spec = self._spec(journal)   # invalid payload: fails before touching anything
+        vf_ports = [nic for nic in p.interfaces if nic.is_vf]
+        if vf_ports and self.programmer is None:
+            return journal, Result(False, (
+                f"the agent on {self.host} has no VF programmer configured (start it with "
+                f"--sriov netlink, or --sriov fake for a simulated host); "
+                f"{vf_ports[0].describe()} needs its VF programmed"))
         driver = self.ensure_driver()
         detach = tuple(str(a) for a in spec.unmanaged_addresses)
         if set(detach) - set(journal.detached):
@@ -590,10 +649,14 @@ class TaskRunner:
         try:
             for step in spawn_plan(self._seen(spec.name)):
                 if step is Step.CREATE_DISK and spec.disk is not None:
-                    self.overlays.create(spec.disk, size_gb=disk_gb)
+                    self.overlays.create(spec.disk, size_gb=p.disk_gb)
                 elif step is Step.DETACH:
                     for a in spec.unmanaged_addresses:
                         driver.nodedev_detach(a)
+                elif step is Step.PROGRAM_VFS:
+                    journal = self._program_vfs(journal, p)
+                elif step is Step.BIND_SWITCH:
+                    journal = self._bind_switch(journal, p)
                 elif step is Step.DEFINE:
                     driver.define(build_domain_xml(spec))
                 elif step is Step.START:
@@ -602,23 +665,108 @@ class TaskRunner:
         except Exception as exc:  # whatever broke, the host must not keep half a guest
             log.warning("spawn of server %s failed: %s; cleaning up", journal.server_id,
                         _message(exc))
+            journal = self.journals.load(journal.id) or journal
             problems = self._teardown(spec.name, _addresses(journal.detached),
                                       spec.disk.overlay if spec.disk else None, strict=False)
+            journal, released = self._release_ports(journal, journal.vfs, journal.bound,
+                                                    strict=False)
+            problems += released
             extra = f" (cleanup: {'; '.join(problems)})" if problems else ""
             return journal, Result(False, _message(exc) + extra)
+
+    def _program_vfs(self, journal: Journal, p: SpawnPayload) -> Journal:
+        """Program each ``direct``/``macvtap`` port's VF. What a VF has is read and saved (in
+        the journal and the server's VF file) before it is first programmed, so an agent
+        killed in between still knows what to put back; a resumed spawn keeps the first
+        saved config and programs again (a no-op for a VF already programmed)."""
+        nics = [nic for nic in p.interfaces if nic.is_vf]
+        if not nics:
+            return journal
+        programmer = self.programmer
+        assert programmer is not None   # checked by _spawn before anything was touched
+        saved = {v.slot: v for v in journal.vfs}
+        for nic in nics:
+            slot = vf_slot(nic)
+            if slot not in saved:
+                saved[slot] = SavedVf(nic.port, slot, programmer.read(slot))
+                journal = self._save(replace(journal, vfs=tuple(saved.values()),
+                                             updated_at=self.clock()))
+                self.vf_store.save(_server_key(journal.server_id), journal.vfs)
+            programmer.program(slot, vf_config(nic))
+        return journal
+
+    def _bind_switch(self, journal: Journal, p: SpawnPayload) -> Journal:
+        """Tell the switch about each SR-IOV port, journalled first so a rollback unbinds
+        even a call the agent died in."""
+        for b in switch_bindings(p.interfaces):
+            if b not in journal.bound:
+                journal = self._save(replace(journal, bound=(*journal.bound, b),
+                                             updated_at=self.clock()))
+            self.switch.bind(self.host, b.pf, b.vlan, b.mac)
+        return journal
+
+    def _release_ports(self, journal: Journal, vfs: Sequence[SavedVf],
+                       bindings: Sequence[SwitchBinding], *,
+                       strict: bool) -> tuple[Journal, list[str]]:
+        """Restore ``vfs``, forget the server's VF file, then unbind ``bindings`` not yet
+        unbound. A VF that cannot be restored keeps the file (and, ``strict``, stops before
+        the switch is touched); an unbind that fails is left for the next try."""
+        problems: list[str] = []
+        for v in vfs:
+            if self.programmer is None:
+                problems.append(f"the agent on {self.host} has no VF programmer configured; "
+                                f"{v.slot} keeps port {v.port}'s settings")
+                continue
+            try:
+                self.programmer.restore(v.slot, v.previous)
+            except errors.PcipassError as exc:
+                problems.append(exc.message)
+        if problems and strict:
+            return journal, problems
+        if not problems:
+            try:
+                self.vf_store.remove(_server_key(journal.server_id))
+            except (OSError, errors.PcipassError) as exc:
+                log.warning("cannot remove the VF file of server %s: %s", journal.server_id,
+                            exc)
+        for b in bindings:
+            if b in journal.unbound:
+                continue
+            try:
+                self.switch.unbind(self.host, b.pf, b.vlan, b.mac)
+            except errors.PcipassError as exc:
+                problems.append(f"switch unbind of port {b.port} on PF {b.pf}: {exc.message}")
+                if strict:
+                    return journal, problems
+                continue
+            journal = self._save(replace(journal, unbound=(*journal.unbound, b),
+                                         updated_at=self.clock()))
+        return journal, problems
 
     def _roll_back(self, journal: Journal) -> None:
         """Undo a spawn whatever it got to (best effort, logged)."""
         name = domain_name(journal.server_id)
         problems = self._teardown(name, _addresses(journal.detached),
                                   overlay_path(self.state_dir, journal.server_id), strict=False)
-        for p in problems:
+        _, released = self._release_ports(journal, journal.vfs, journal.bound, strict=False)
+        for p in problems + released:
             log.error("rolling back task %s: %s", journal.id, p)
 
     def _destroy(self, journal: Journal) -> tuple[Journal, Result]:
         p = parse_destroy(journal.payload)
         driver = self.ensure_driver()
         name = domain_name(p.server.id)
+        if not journal.vfs:
+            # What to put back, kept in this journal from here on: the server's VF file goes
+            # before the switch is unbound, and a resumed destroy must still know.
+            saved = {v.slot: v for v in self.vf_store.load(_server_key(journal.server_id))}
+            for nic in p.interfaces:
+                if nic.is_vf and nic.pf is not None and nic.vf_index is not None:
+                    slot = vf_slot(nic)
+                    saved.setdefault(slot, SavedVf(nic.port, slot, FALLBACK_VF))
+            if saved:
+                journal = self._save(replace(journal, vfs=tuple(saved.values()),
+                                             updated_at=self.clock()))
         reattach = {str(d.address) for d in p.devices if not d.managed} | set(journal.detached)
         if driver.exists(name):
             # The domain knows which functions it holds unmanaged, whatever the payload says.
@@ -629,6 +777,10 @@ class TaskRunner:
                                          updated_at=self.clock()))
         problems = self._teardown(name, _addresses(journal.detached),
                                   overlay_path(self.state_dir, p.server.id), strict=True)
+        if problems:
+            return journal, Result(False, "; ".join(problems))
+        journal, problems = self._release_ports(journal, journal.vfs,
+                                                switch_bindings(p.interfaces), strict=True)
         if problems:
             return journal, Result(False, "; ".join(problems))
         return journal, Result(True)
@@ -669,6 +821,14 @@ class TaskRunner:
                 if strict:
                     return problems
         return problems
+
+
+def _server_key(server_id: str) -> str:
+    """A server id as its VF file is named: the canonical UUID text where it is one."""
+    try:
+        return str(UUID(server_id))
+    except ValueError:
+        return server_id
 
 
 def _addresses(texts: Iterable[str]) -> tuple[PciAddress, ...]:

@@ -22,7 +22,9 @@ from pcipass.api.routes import (
     health,
     hosts,
     images,
+    networks,
     pools,
+    ports,
     quotas,
     scheduler,
     servers,
@@ -66,8 +68,8 @@ def create_app(settings: Settings, store: Store, *, close_store: bool = False) -
     app.state.cloud = Cloud(store, settings)
     install_error_handlers(app)
     app.include_router(health.router, prefix="/v1")
-    for module in (tokens, hosts, devices, pools, aliases, flavors, images, servers, scheduler,
-                   quotas, usage, tasks):
+    for module in (tokens, hosts, devices, pools, aliases, flavors, images, networks, ports,
+                   servers, scheduler, quotas, usage, tasks):
         app.include_router(module.router, prefix="/v1", responses=_ERRORS)
 
     def openapi() -> dict[str, Any]:

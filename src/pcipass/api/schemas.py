@@ -17,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    StrictInt,
     StringConstraints,
     ValidationInfo,
     field_validator,
@@ -289,6 +290,112 @@ class ImageList(BaseModel):
     next: str | None = None
 
 
+# --- issue 5: networks and ports -----------------------------------------------------------
+# Values the domain parsers own (segmentation ids, MACs, vnic types, rates, NUMA policies)
+# are only typed here; the services check them and name the field.
+
+class NetworkCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name
+    physical_network: Name = Field(examples=["physnet1"],
+                                   description="The physical network its PFs are cabled to "
+                                   "(the devices' physical_network tag).")
+    segmentation: str = Field(examples=["vlan"], description="vlan or flat.")
+    segmentation_id: StrictInt | None = Field(default=None, examples=[100],
+                                              description="The VLAN id, 1-4094; none for flat.")
+    project: Project | None = Field(default=None, description="null: shared with every project.")
+
+
+class NetworkOut(BaseModel):
+    id: str
+    name: str
+    project: str | None = Field(description="null: shared with every project.")
+    physical_network: str
+    segmentation: str
+    segmentation_id: int | None
+    ports: int = Field(description="Ports on it.")
+    created_at: datetime
+
+
+class NetworkList(BaseModel):
+    networks: list[NetworkOut]
+    next: str | None = None
+
+
+class PortCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    network: str = Field(min_length=1, description="Network name or id.")
+    name: Name | None = None
+    vnic_type: str = Field(default="normal",
+                           description="normal, direct, macvtap or direct-physical.")
+    mac: str | None = Field(default=None, examples=["fa:16:3e:12:34:56"],
+                            description="Generated from the configured prefix when absent.")
+    trusted: StrictBool = Field(default=False, description="Admins only: the guest may change "
+                                "the VF's MAC and go promiscuous.")
+    spoofchk: StrictBool = True
+    max_tx_rate_mbps: StrictInt | None = None
+    min_tx_rate_mbps: StrictInt | None = None
+    numa_affinity_policy: str | None = Field(default=None, description="Overrides the "
+                                             "flavor's hw:pci_numa_affinity_policy.")
+    project: Project | None = Field(default=None, description="Admins only: the port's project.")
+
+
+class PortBindingOut(BaseModel):
+    host: str
+    address: str = Field(description="The VF (the PF for direct-physical).")
+    pf_netdev: str | None
+    vf_index: int | None
+    vf_netdev: str | None
+
+
+class PortOut(BaseModel):
+    id: str
+    name: str | None
+    project: str
+    network_id: str
+    network: str
+    physical_network: str
+    segmentation_id: int | None
+    vnic_type: str
+    mac: str
+    trusted: bool
+    spoofchk: bool
+    max_tx_rate_mbps: int | None
+    min_tx_rate_mbps: int | None
+    numa_affinity_policy: str | None
+    server_id: str | None
+    auto_delete: bool = Field(description="Made by a boot's net_id NIC: deleted with its server.")
+    status: str = Field(description="DOWN (unbound), BUILD or ACTIVE (its server's state).")
+    binding: PortBindingOut | None
+    created_at: datetime
+
+
+class PortList(BaseModel):
+    ports: list[PortOut]
+    next: str | None = None
+
+
+class NicIn(BaseModel):
+    """One NIC of a boot: a new port on a network, or an existing port; exactly one of
+    ``net_id`` and ``port_id`` (the services check it, naming ``nics[i].net_id``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    net_id: str | None = Field(default=None, description="Network name or id: a port is "
+                               "made for the server and deleted with it.")
+    vnic_type: str | None = Field(default=None, examples=["direct"],
+                                  description="normal (default), direct, macvtap or "
+                                  "direct-physical; only with net_id.")
+    port_id: str | None = Field(default=None, description="Port name or id: an existing port "
+                                "of the project, attached to no server.")
+
+    def given(self) -> dict[str, str]:
+        """The keys the caller gave, as the services take a NIC."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
 class ServerCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -296,6 +403,7 @@ class ServerCreate(BaseModel):
     flavor: str = Field(min_length=1, description="Flavor name or id.")
     image: str = Field(min_length=1, description="Image name or id.")
     project: Project | None = Field(default=None, description="Admins only: boot for a project.")
+    nics: list[NicIn] = Field(default_factory=list, max_length=64)
 
 
 class ServerDeviceOut(BaseModel):
@@ -324,6 +432,7 @@ class ServerOut(BaseModel):
     not_granted: list[str] = Field(description='Soft requests no host could grant, e.g. "fpga:1".')
     fault: FaultOut | None
     numa_cells: list[int]
+    ports: list[PortOut] = Field(description="The server's ports, with their bindings.")
     created_at: datetime
     updated_at: datetime
 
@@ -339,6 +448,8 @@ class ExplainRequest(BaseModel):
     flavor: str = Field(min_length=1)
     image: str | None = Field(default=None, min_length=1)
     project: Project | None = None
+    nics: list[NicIn] = Field(default_factory=list, max_length=64,
+                              description="As a boot's; no port is created.")
 
 
 class HostVerdictOut(BaseModel):

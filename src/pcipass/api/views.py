@@ -15,7 +15,10 @@ from pcipass.records import (
     FlavorRecord,
     HostRecord,
     ImageRecord,
+    NetworkRecord,
     PoolRecord,
+    PortBinding,
+    PortRecord,
     Principal,
     QuotaRecord,
     ReportResult,
@@ -149,6 +152,7 @@ def server_view(rec: ServerRecord) -> JSON:
         "not_granted": list(rec.not_granted),
         "fault": {"message": rec.fault} if rec.fault is not None else None,
         "numa_cells": list(rec.numa_cells),
+        "ports": [port_view(x) for x in rec.ports],
         "created_at": rec.created_at,
         "updated_at": rec.updated_at,
     }
@@ -173,4 +177,48 @@ def usage_view(rec: UsageRecord) -> JSON:
         "alias": rec.alias,
         "device_seconds": rec.device_seconds,
         "device_hours": rec.device_seconds / 3600.0,
+    }
+
+
+# --- issue 5 ---------------------------------------------------------------------------------
+
+def network_view(rec: NetworkRecord) -> JSON:
+    return {
+        "id": rec.id,
+        "name": rec.name,
+        "project": rec.project,
+        "physical_network": rec.physical_network,
+        "segmentation": rec.segmentation,
+        "segmentation_id": rec.segmentation_id,
+        "ports": rec.ports,
+        "created_at": rec.created_at,
+    }
+
+
+def binding_view(b: PortBinding) -> JSON:
+    return {"host": b.host, "address": str(b.address), "pf_netdev": b.pf_netdev,
+            "vf_index": b.vf_index, "vf_netdev": b.vf_netdev}
+
+
+def port_view(rec: PortRecord) -> JSON:
+    return {
+        "id": rec.id,
+        "name": rec.name,
+        "project": rec.project,
+        "network_id": rec.network_id,
+        "network": rec.network,
+        "physical_network": rec.physical_network,
+        "segmentation_id": rec.segmentation_id,
+        "vnic_type": rec.vnic_type,
+        "mac": rec.mac,
+        "trusted": rec.trusted,
+        "spoofchk": rec.spoofchk,
+        "max_tx_rate_mbps": rec.max_tx_rate_mbps,
+        "min_tx_rate_mbps": rec.min_tx_rate_mbps,
+        "numa_affinity_policy": rec.numa_affinity_policy,
+        "server_id": rec.server_id,
+        "auto_delete": rec.auto_delete,
+        "status": rec.status,
+        "binding": binding_view(rec.binding) if rec.binding is not None else None,
+        "created_at": rec.created_at,
     }

@@ -13,6 +13,7 @@ import typer
 
 from pcipass.agent.loop import Agent, run_agent, stop_on_signals
 from pcipass.agent.policy import poll_period
+from pcipass.agent.ports import SriovKind, make_programmer
 from pcipass.agent.state import state_path
 from pcipass.agent.tasks import DEFAULT_WAIT_S, TaskRunner
 from pcipass.cli.client import ApiClient
@@ -21,6 +22,7 @@ from pcipass.cli.discover import ConfigOpt, DeviceSpecOpt, SysfsRootOpt, discove
 from pcipass.cli.specs import load_specs, spec_texts
 from pcipass.config import load_settings
 from pcipass.host.pciids import PciIds
+from pcipass.net.switch import load_switch_driver
 from pcipass.pci.inventory import Inventory, valid_host_name
 from pcipass.virt.domain import VirtType
 from pcipass.virt.driver import DEFAULT_URI, DriverKind, open_driver
@@ -81,6 +83,14 @@ def agent_command(
     task_wait: Annotated[float, typer.Option(
         "--task-wait", min=0.0, max=30.0, help="Seconds one task poll waits at the server "
         "for work (a long poll).")] = DEFAULT_WAIT_S,
+    sriov: Annotated[SriovKind | None, typer.Option(
+        "--sriov", help="How the VFs of SR-IOV ports are programmed: netlink (the host's "
+        "kernel), or fake (in memory, VF tables from this host's discovered PFs) "
+        "(\\[agent] sriov, default netlink).", show_default=False)] = None,
+    switch_driver: Annotated[str | None, typer.Option(
+        "--switch-driver", help="The switch plug-in told about SR-IOV ports (a "
+        "pcipass.switch_drivers entry point: noop, log, ...) (\\[agent] switch_driver, "
+        "default noop).", show_default=False)] = None,
     config: ConfigOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
@@ -122,6 +132,9 @@ def agent_command(
             "agent for %s reporting to %s every %.0fs (re-discovery every %.1fs), "
             "running tasks with the %s driver", name, url, agent.interval, agent.poll,
             driver.value if driver is DriverKind.FAKE else f"libvirt driver at {libvirt_uri}")
+        with reported(EXIT_USAGE):
+            switch = load_switch_driver(switch_driver or a.switch_driver)
+            programmer = make_programmer(sriov or a.sriov, agent.discover)
         with ApiClient(url, secret) as task_client:
             tasks = TaskRunner(
                 client=task_client, host=name, state_dir=directory,
@@ -129,6 +142,7 @@ def agent_command(
                 overlays=disk_overlays(driver, directory),
                 host_cpus=lambda: host_cpus(agent.discover()),
                 wait=task_wait, virt_type=virt_type(driver), stop=agent.stop,
+                programmer=programmer, switch=switch, normal_network=a.normal_network,
             )
             with stop_on_signals(agent.stop):
                 run_agent(agent, tasks)

@@ -31,7 +31,10 @@ from pcipass.records import (
     FlavorRecord,
     HostRecord,
     ImageRecord,
+    NetworkRecord,
     PoolRecord,
+    PortBinding,
+    PortRecord,
     QuotaRecord,
     ReportResult,
     ServerDevice,
@@ -261,10 +264,14 @@ class ApiClient:
     # --- servers, scheduler, quotas, usage -----------------------------------------------
 
     def create_server(self, *, name: str, flavor: str, image: str,
-                      project: str | None = None) -> JSON:
+                      project: str | None = None,
+                      nics: Sequence[Mapping[str, str]] = ()) -> JSON:
+        """``nics``: ``{"net_id": N, "vnic_type": T}`` or ``{"port_id": P}`` each."""
         body: JSON = {"name": name, "flavor": flavor, "image": image}
         if project is not None:
             body["project"] = project
+        if nics:
+            body["nics"] = [dict(n) for n in nics]
         result: JSON = self.request("POST", "/v1/servers", body=body)
         return result
 
@@ -282,12 +289,14 @@ class ApiClient:
         return result
 
     def explain(self, *, flavor: str, image: str | None = None,
-                project: str | None = None) -> JSON:
+                project: str | None = None, nics: Sequence[Mapping[str, str]] = ()) -> JSON:
         body: JSON = {"flavor": flavor}
         if image is not None:
             body["image"] = image
         if project is not None:
             body["project"] = project
+        if nics:
+            body["nics"] = [dict(n) for n in nics]
         result: JSON = self.request("POST", "/v1/scheduler/explain", body=body)
         return result
 
@@ -310,6 +319,48 @@ class ApiClient:
             ("end", end.isoformat() if end else None),
         ) if v is not None]
         return self.listing("/v1/usage", "usage", params)
+
+    # --- networks and ports ------------------------------------------------------------------
+
+    def item(self, path: str, ref: str) -> JSON:
+        """One resource of a collection (``/v1/networks``) by name or id."""
+        return self._get(f"{path}/{_seg(ref)}")
+
+    def delete_item(self, path: str, ref: str) -> None:
+        self.request("DELETE", f"{path}/{_seg(ref)}")
+
+    def create_network(self, *, name: str, physical_network: str, segmentation: str,
+                       segmentation_id: int | None = None, project: str | None = None) -> JSON:
+        result: JSON = self.request("POST", "/v1/networks", body={
+            "name": name, "physical_network": physical_network, "segmentation": segmentation,
+            "segmentation_id": segmentation_id, "project": project})
+        return result
+
+    def networks(self) -> Listing:
+        return self.listing("/v1/networks", "networks")
+
+    def network(self, ref: str) -> JSON:
+        return self.item("/v1/networks", ref)
+
+    def delete_network(self, ref: str) -> None:
+        self.delete_item("/v1/networks", ref)
+
+    def create_port(self, *, network: str, **fields: Any) -> JSON:
+        """``fields``: the optional ones of ``POST /v1/ports`` (name, vnic_type, mac, trusted,
+        spoofchk, max_tx_rate_mbps, min_tx_rate_mbps, numa_affinity_policy, project); None
+        values are left out."""
+        body = {"network": network, **{k: v for k, v in fields.items() if v is not None}}
+        result: JSON = self.request("POST", "/v1/ports", body=body)
+        return result
+
+    def ports(self, params: Params = ()) -> Listing:
+        return self.listing("/v1/ports", "ports", params)
+
+    def port(self, ref: str) -> JSON:
+        return self.item("/v1/ports", ref)
+
+    def delete_port(self, ref: str) -> None:
+        self.delete_item("/v1/ports", ref)
 
     def server_domain_xml(self, ref: str) -> str:
         """The libvirt XML the host's agent defined for the server (admin)."""
@@ -473,6 +524,7 @@ def server_record(obj: Mapping[str, Any]) -> ServerRecord:
         numa_cells=tuple(int(n) for n in obj.get("numa_cells") or ()),
         created_at=_datetime(obj.get("created_at")) or _EPOCH,
         updated_at=_datetime(obj.get("updated_at")) or _EPOCH,
+        ports=tuple(port_record(x) for x in obj.get("ports") or ()),
     )
 
 
@@ -484,3 +536,43 @@ def quota_record(obj: Mapping[str, Any]) -> QuotaRecord:
 def usage_record(obj: Mapping[str, Any]) -> UsageRecord:
     return UsageRecord(project=str(obj["project"]), alias=str(obj["alias"]),
                        device_seconds=float(obj.get("device_seconds") or 0.0))
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def network_record(obj: Mapping[str, Any]) -> NetworkRecord:
+    return NetworkRecord(
+        id=str(obj["id"]), name=str(obj["name"]), project=obj.get("project"),
+        physical_network=str(obj.get("physical_network") or ""),
+        segmentation=str(obj.get("segmentation") or ""),
+        segmentation_id=_int(obj.get("segmentation_id")),
+        created_at=_datetime(obj.get("created_at")) or _EPOCH,
+        ports=int(obj.get("ports") or 0),
+    )
+
+
+def _binding(obj: Any) -> PortBinding | None:
+    if not isinstance(obj, Mapping):
+        return None
+    return PortBinding(host=str(obj["host"]), address=PciAddress.parse(str(obj["address"])),
+                       pf_netdev=obj.get("pf_netdev"), vf_index=_int(obj.get("vf_index")),
+                       vf_netdev=obj.get("vf_netdev"))
+
+
+def port_record(obj: Mapping[str, Any]) -> PortRecord:
+    return PortRecord(
+        id=str(obj["id"]), name=obj.get("name"), project=str(obj.get("project") or ""),
+        network_id=str(obj.get("network_id") or ""), network=str(obj.get("network") or ""),
+        physical_network=str(obj.get("physical_network") or ""),
+        segmentation_id=_int(obj.get("segmentation_id")),
+        vnic_type=str(obj.get("vnic_type") or "normal"), mac=str(obj.get("mac") or ""),
+        trusted=bool(obj.get("trusted")), spoofchk=bool(obj.get("spoofchk", True)),
+        max_tx_rate_mbps=_int(obj.get("max_tx_rate_mbps")),
+        min_tx_rate_mbps=_int(obj.get("min_tx_rate_mbps")),
+        numa_affinity_policy=obj.get("numa_affinity_policy"), server_id=obj.get("server_id"),
+        auto_delete=bool(obj.get("auto_delete")), status=str(obj.get("status") or "DOWN"),
+        binding=_binding(obj.get("binding")),
+        created_at=_datetime(obj.get("created_at")) or _EPOCH,
+    )

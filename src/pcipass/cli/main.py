@@ -15,6 +15,7 @@ from pcipass.cli.admin import device_app, host_app, pool_app, token_app
 from pcipass.cli.agent import agent_command
 from pcipass.cli.catalog import alias_app, flavor_app, image_app
 from pcipass.cli.discover import discover_command
+from pcipass.cli.networks import network_app, port_app
 from pcipass.cli.quotas import quota_app, usage_command
 from pcipass.cli.serve import serve_command
 from pcipass.cli.servers import explain_command, server_app
@@ -37,6 +38,8 @@ app.add_typer(token_app, name="token")
 app.add_typer(alias_app, name="alias")
 app.add_typer(flavor_app, name="flavor")
 app.add_typer(image_app, name="image")
+app.add_typer(network_app, name="network")
+app.add_typer(port_app, name="port")
 app.add_typer(server_app, name="server")
 app.command("explain")(explain_command)
 app.add_typer(quota_app, name="quota")

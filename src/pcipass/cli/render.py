@@ -23,7 +23,9 @@ from pcipass.records import (
     FlavorRecord,
     HostRecord,
     ImageRecord,
+    NetworkRecord,
     PoolRecord,
+    PortRecord,
     QuotaRecord,
     ServerRecord,
     ServerStatus,
@@ -384,17 +386,116 @@ def server_view(s: ServerRecord) -> RenderableType:
         ("created", s.created_at.isoformat(timespec="seconds")),
         ("updated", s.updated_at.isoformat(timespec="seconds")),
     ])
+    parts: list[RenderableType] = [info]
     if not s.devices:
-        return Group(info, Text("no PCI devices held", style="dim"))
-    devices = Table(title="Devices", title_justify="left")
-    for name in ("address", "alias", "state", "ids", "type", "NUMA"):
-        devices.add_column(name, overflow="fold", no_wrap=name in ("address", "ids"))
-    for d in s.devices:
-        devices.add_row(str(d.address), d.alias or "(group mate)",
-                        Text(d.state.value, style=_STATE_STYLE.get(d.state, "")),
-                        ids_text(d.vendor_id, d.product_id), dev_type_text(d.dev_type.value),
-                        _opt(d.numa_node))
-    return Group(info, devices)
+        parts.append(Text("no PCI devices held", style="dim"))
+    else:
+        devices = Table(title="Devices", title_justify="left")
+        for name in ("address", "alias", "state", "ids", "type", "NUMA"):
+            devices.add_column(name, overflow="fold", no_wrap=name in ("address", "ids"))
+        for d in s.devices:
+            devices.add_row(str(d.address), d.alias or "(group mate)",
+                            Text(d.state.value, style=_STATE_STYLE.get(d.state, "")),
+                            ids_text(d.vendor_id, d.product_id),
+                            dev_type_text(d.dev_type.value), _opt(d.numa_node))
+        parts.append(devices)
+    if s.ports:
+        parts.append(ports_table(s.ports, title="Ports", server=False))
+    return Group(*parts)
+
+
+# --- networks and ports ---------------------------------------------------------------------
+
+_PORT_STATUS_STYLE = {"ACTIVE": "green", "BUILD": "yellow", "DOWN": "dim"}
+
+
+def _scope_text(project: str | None) -> str:
+    return "shared" if project is None else f"project {project}"
+
+
+def segmentation_text(segmentation: str, segmentation_id: int | None) -> str:
+    """``vlan 100`` or ``flat``."""
+    return segmentation if segmentation_id is None else f"{segmentation} {segmentation_id}"
+
+
+def networks_table(networks: Sequence[NetworkRecord], *, title: str = "Networks") -> Table:
+    table = Table(title=title, title_justify="left")
+    for name in ("name", "id", "physical network", "segmentation", "visibility", "ports"):
+        table.add_column(name, overflow="fold", no_wrap=name == "name",
+                         justify="right" if name == "ports" else "left")
+    for n in networks:
+        table.add_row(n.name, n.id, n.physical_network,
+                      segmentation_text(n.segmentation, n.segmentation_id),
+                      _scope_text(n.project), str(n.ports))
+    return table
+
+
+def network_view(n: NetworkRecord) -> RenderableType:
+    return _kv_table(f"Network {n.name}", [
+        ("id", n.id),
+        ("physical network", n.physical_network),
+        ("segmentation", segmentation_text(n.segmentation, n.segmentation_id)),
+        ("visibility", _scope_text(n.project)),
+        ("ports", str(n.ports)),
+        ("created", n.created_at.isoformat(timespec="seconds")),
+    ])
+
+
+def port_label(p: PortRecord) -> str:
+    return p.name or p.id
+
+
+def _rate_text(p: PortRecord) -> str:
+    if not p.max_tx_rate_mbps and not p.min_tx_rate_mbps:
+        return "-"
+    return f"{p.min_tx_rate_mbps or 0}-{p.max_tx_rate_mbps or 'max'} Mbit/s"
+
+
+def ports_table(ports: Sequence[PortRecord], *, title: str = "Ports",
+                server: bool = True) -> Table:
+    """Each port and its binding: host, address (VF, or PF for direct-physical), PF netdev,
+    VF index. ``server``: a column naming the server it is attached to."""
+    table = Table(title=title, title_justify="left")
+    columns = ["port", "network", "vnic type", "MAC", "status", *(["server"] if server else []),
+               "host", "address", "PF", "VF"]
+    for name in columns:
+        table.add_column(name, overflow="fold", no_wrap=name in ("MAC", "address", "status"))
+    for p in ports:
+        b = p.binding
+        attached = [_opt(p.server_id)] if server else []
+        table.add_row(
+            port_label(p), f"{p.network} ({p.physical_network})", p.vnic_type, p.mac,
+            Text(p.status, style=_PORT_STATUS_STYLE.get(p.status, "")), *attached,
+            _opt(b.host if b else None), _opt(b.address if b else None),
+            _opt(b.pf_netdev if b else None), _opt(b.vf_index if b else None))
+    return table
+
+
+def port_view(p: PortRecord) -> RenderableType:
+    b = p.binding
+    return _kv_table(f"Port {port_label(p)}", [
+        ("id", p.id),
+        ("name", _opt(p.name)),
+        ("project", p.project),
+        ("network", f"{p.network} ({p.network_id})"),
+        ("physical network", p.physical_network),
+        ("VLAN", _opt(p.segmentation_id)),
+        ("vnic type", p.vnic_type),
+        ("MAC", p.mac),
+        ("status", p.status),
+        ("trusted", "yes" if p.trusted else "no"),
+        ("spoof check", "on" if p.spoofchk else "off"),
+        ("tx rate", _rate_text(p)),
+        ("NUMA policy", _opt(p.numa_affinity_policy)),
+        ("server", _opt(p.server_id)),
+        ("deleted with its server", "yes" if p.auto_delete else "no"),
+        ("host", _opt(b.host if b else None)),
+        ("address", _opt(b.address if b else None)),
+        ("PF netdev", _opt(b.pf_netdev if b else None)),
+        ("VF index", _opt(b.vf_index if b else None)),
+        ("VF netdev", _opt(b.vf_netdev if b else None)),
+        ("created", p.created_at.isoformat(timespec="seconds")),
+    ])
 
 
 def explain_view(obj: Mapping[str, Any]) -> RenderableType:

@@ -26,11 +26,15 @@ from pcipass.cli.common import (
     print_json,
     reported,
 )
+from pcipass.cli.networks import parse_nics
 from pcipass.records import ServerStatus
 
 server_app = typer.Typer(help="Servers: boot with devices, look, delete.", no_args_is_help=True)
 
 ServerArg = Annotated[str, typer.Argument(help="Server name or id.")]
+NicOpt = Annotated[list[str] | None, typer.Option(
+    "--nic", help="net-id=NETWORK[,vnic-type=normal|direct|macvtap|direct-physical] (a port "
+    "made for the server, deleted with it) or port-id=PORT; repeatable.", show_default=False)]
 DEFAULT_WAIT_S = 300.0
 POLL_S = 0.5
 
@@ -89,6 +93,7 @@ def server_create(
     project: Annotated[str | None, typer.Option(
         "--project", help="Boot in this project (admin only; members boot in their own).",
         show_default=False)] = None,
+    nic: NicOpt = None,
     wait: Annotated[bool, typer.Option(
         "--wait", help="Wait until the server is placed or leaves BUILDING.")] = False,
     timeout: Annotated[float, typer.Option(
@@ -96,8 +101,10 @@ def server_create(
     url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Boot a server: the scheduler picks a host and claims its devices, or explains why not."""
+    nics = parse_nics(nic)
     with reported(), ApiClient(url, token) as client:
-        obj = client.create_server(name=name, flavor=flavor, image=image, project=project)
+        obj = client.create_server(name=name, flavor=flavor, image=image, project=project,
+                                   nics=nics)
         done = True
         if wait:
             obj, done = wait_for(client, obj, timeout=timeout)
@@ -177,11 +184,14 @@ def explain_command(
     project: Annotated[str | None, typer.Option(
         "--project", help="Judge as a boot in this project would be.",
         show_default=False)] = None,
+    nic: NicOpt = None,
     url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_json: JsonOpt = False,
 ) -> None:
-    """Whether a boot of this flavor (and image) fits now, and each host's verdict (admin)."""
+    """Whether a boot of this flavor (and image, and NICs) fits now, and each host's verdict
+    (admin)."""
+    nics = parse_nics(nic)
     with reported(), ApiClient(url, token) as client:
-        obj = client.explain(flavor=flavor, image=image, project=project)
+        obj = client.explain(flavor=flavor, image=image, project=project, nics=nics)
     if as_json:
         print_json(obj)
         return

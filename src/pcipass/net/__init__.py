@@ -1,5 +1,22 @@
-"""Networking beyond the host's own VFs: the switch plug-in point (``switch``)."""
+"""Networking: the vocabulary of networks and ports and a port's PCI request (``port``,
+pure), and the switch plug-in point (``switch``)."""
 
+from pcipass.net.port import (
+    DEFAULT_MAC_PREFIX,
+    Segmentation,
+    VnicType,
+    check_rate,
+    check_segmentation,
+    parse_mac,
+    parse_mac_prefix,
+    parse_numa_policy,
+    parse_physnet,
+    parse_vnic_type,
+    port_alias,
+    port_of,
+    port_request,
+    random_mac,
+)
 from pcipass.net.switch import (
     DEFAULT_SWITCH_DRIVER,
     ENTRY_POINT_GROUP,
@@ -12,12 +29,26 @@ from pcipass.net.switch import (
 )
 
 __all__ = [
+    "DEFAULT_MAC_PREFIX",
     "DEFAULT_SWITCH_DRIVER",
     "ENTRY_POINT_GROUP",
     "LogSwitchDriver",
     "NoopSwitchDriver",
+    "Segmentation",
     "SwitchCall",
     "SwitchDriver",
+    "VnicType",
+    "check_rate",
+    "check_segmentation",
     "load_switch_driver",
+    "parse_mac",
+    "parse_mac_prefix",
+    "parse_numa_policy",
+    "parse_physnet",
+    "parse_vnic_type",
+    "port_alias",
+    "port_of",
+    "port_request",
+    "random_mac",
     "switch_driver_names",
 ]

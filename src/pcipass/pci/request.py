@@ -78,6 +78,9 @@ class PciRequest:
     alternatives: tuple[AliasEntry, ...]
     numa_policy: NumaPolicy = NumaPolicy.LEGACY
     soft: bool = False
+    port: str | None = None    # the SR-IOV port (its id) this request binds, if any
+    label: str | None = None   # how a port request names what it wants: "VF on physnet2"
+    port_name: str | None = None   # the port's name, for messages (its id when None)
 
     @property
     def dev_type(self) -> DevType | None:
@@ -86,8 +89,32 @@ class PciRequest:
     def matches(self, dev: PciDevice) -> bool:
         return any(e.matches(dev) for e in self.alternatives)
 
+    @property
+    def port_shown(self) -> str:
+        """``port 'web'`` (its id when unnamed); only meaningful for a port request."""
+        return f"port {self.port_name or self.port or self.alias!r}"
+
+    @property
+    def wanted(self) -> str:
+        """What the request's devices are, without a count: ``'gpu' device`` for an alias,
+        ``VF on physnet2 for port 'web'`` for a port."""
+        if self.port is None:
+            return f"{self.alias!r} device"
+        return f"{self.label or 'device'} for {self.port_shown}"
+
+    def shortage(self) -> str:
+        """The noun phrase after "lacks": ``2 free 'gpu' devices``, ``a free VF on physnet2
+        for port 'web'``."""
+        if self.port is None:
+            return f"{self.count} free {self.wanted}{'s' if self.count > 1 else ''}"
+        if self.count == 1:
+            return f"a free {self.wanted}"
+        return f"{self.count} free {self.label or 'device'}s for {self.port_shown}"
+
     def __str__(self) -> str:
-        return f"{self.count} x {self.alias}"
+        if self.port is None:
+            return f"{self.count} x {self.alias}"
+        return f"{self.port_shown} ({self.label})" if self.label else self.port_shown
 
 
 def _flavor_field(key: str) -> str:

@@ -2,7 +2,10 @@
 
 ``No host can satisfy 2 x gpu: 14 hosts lack 2 free 'gpu' devices; 3 hosts have them only
 outside the guest's NUMA node (policy required); 2 hosts lack RAM``: hosts are counted per
-reason, the most common first.
+reason, the most common first. A port's request reads as the port:
+``No host can satisfy port 'web' (VF on physnet2): 3 hosts have no free VF on physnet2 for
+port 'web'`` (the wording of each reason is :func:`pcipass.sched.fit.shortage_verdict`'s and
+its neighbours', so the store's SQL counts read the same).
 """
 
 from __future__ import annotations

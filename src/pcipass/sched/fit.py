@@ -33,7 +33,8 @@ from pcipass.sched.numa import GuestNodes, Locality, allowed, cell_choices, loca
 from pcipass.sched.snapshot import BootRequest, HostView
 from pcipass.sched.units import Unit, free_units
 
-__all__ = ["DEFAULT_MAX_STEPS", "Assignment", "Fit", "NoFit", "NoFitCode", "fit"]
+__all__ = ["DEFAULT_MAX_STEPS", "Assignment", "Fit", "NoFit", "NoFitCode", "fit",
+           "shortage_verdict"]
 
 DEFAULT_MAX_STEPS = 50_000
 _NO_NODES: frozenset[int | None] = frozenset()
@@ -283,6 +284,21 @@ _LACK = ("lacks", "lack")
 _HAVE = ("has", "have")
 
 
+def shortage_verdict(host: str, r: PciRequest, detail: str = "") -> NoFit:
+    """``PCI_COUNT``: too few free devices for ``r``. The one wording of it, shared with the
+    store's SQL counts (``services.boot.count_verdicts``): ``lacks 2 free 'gpu' devices`` for
+    an alias, ``has no free VF on physnet2 for port 'web'`` for a port."""
+    if r.port is not None and r.count == 1:
+        return _nofit(host, NoFitCode.PCI_COUNT, _HAVE, f"no free {r.wanted}", detail)
+    return _nofit(host, NoFitCode.PCI_COUNT, _LACK, r.shortage(), detail)
+
+
+def _groups_text(r: PciRequest) -> str:
+    """``PCI_GROUPS``: matching devices exist, but only in units that give too many."""
+    what = f"free {r.wanted}s" if r.port is None else r.shortage()
+    return f"{what} only in IOMMU groups that hold more than {r.count}"
+
+
 def _where_text(policy: NumaPolicy, nodes: int) -> str:
     if policy is NumaPolicy.SOCKET:
         return "outside the sockets of the guest's NUMA nodes (policy socket)"
@@ -300,9 +316,7 @@ def fit(host: HostView, req: BootRequest, *, max_steps: int = DEFAULT_MAX_STEPS)
     for i in hard:
         r = reqs[i]
         if caps[i] < r.count:
-            return _nofit(host.name, NoFitCode.PCI_COUNT, _LACK,
-                          f"{r.count} free {r.alias!r} device{'s' if r.count > 1 else ''}",
-                          f"{caps[i]} free")
+            return shortage_verdict(host.name, r, f"{caps[i]} free")
     if req.vcpus > host.free_vcpus:
         return _nofit(host.name, NoFitCode.VCPUS, _LACK, "vCPUs",
                       f"needs {req.vcpus}, {host.free_vcpus} free")
@@ -433,9 +447,7 @@ def _diagnose(host: str, req: BootRequest, search: _Search,
             alone = search.solve([i])
             search.rollback(0)
             if not alone:
-                return _nofit(host, NoFitCode.PCI_GROUPS, _HAVE,
-                              f"free {r.alias!r} devices only in IOMMU groups that hold more "
-                              f"than {r.count}")
+                return _nofit(host, NoFitCode.PCI_GROUPS, _HAVE, _groups_text(r))
         if req.numa_nodes is not None:
             for i in hard:
                 r = reqs[i]
@@ -447,8 +459,7 @@ def _diagnose(host: str, req: BootRequest, search: _Search,
                     if ok:
                         break
                 if not ok:
-                    what = "them" if single else (
-                        f"{r.count} free {r.alias!r} device{'s' if r.count > 1 else ''}")
+                    what = "them" if single and r.port is None else r.shortage()
                     return _nofit(host, NoFitCode.PCI_NUMA, _HAVE,
                                   f"{what} only {_where_text(r.numa_policy, req.numa_nodes)}")
     except _Budget:

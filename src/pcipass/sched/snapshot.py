@@ -78,10 +78,15 @@ class BootRequest:
                 raise InvalidInput(
                     f"{self.vcpus} vCPUs and {self.ram_mb} MB RAM cannot be split evenly over "
                     f"{n} NUMA nodes", field="numa_nodes")
+        ports: set[str] = set()
         for r in self.pci:
             if r.count < 1:
                 raise InvalidInput(f"PCI request {r.alias!r} asks for {r.count} devices",
                                    field="pci")
+            if r.port is not None:
+                if r.port in ports:
+                    raise InvalidInput(f"{r.port_shown} is asked for twice", field="pci")
+                ports.add(r.port)
 
     @property
     def hard(self) -> tuple[PciRequest, ...]:
@@ -92,7 +97,8 @@ class BootRequest:
         return tuple(r for r in self.pci if r.soft)
 
     def describe(self) -> str:
-        """How an explanation names the boot: its hard devices, else its compute."""
+        """How an explanation names the boot: its hard devices (``2 x gpu, port 'web' (VF on
+        physnet2)``), else its compute."""
         if self.hard:
             return ", ".join(str(r) for r in self.hard)
         text = f"{self.vcpus} vCPUs and {self.ram_mb} MB RAM"

@@ -1,7 +1,7 @@
 """Who may do what: roles and projects, checked by every service first.
 
-A member never learns that another project's private flavor, image or server exists: those
-are NotFound for it, not Forbidden. Agents use none of the tenant-facing services.
+A member never learns that another project's private flavor, image, server, network or port
+exists: those are NotFound for it, not Forbidden. Agents use none of the tenant-facing services.
 """
 
 from __future__ import annotations
@@ -9,10 +9,13 @@ from __future__ import annotations
 from pcipass.errors import Forbidden
 from pcipass.records import Principal, Role
 
+# The project an admin's boots and ports land in when it names none.
+ADMIN_PROJECT = "admin"
 
-def admin(p: Principal, what: str) -> None:
+
+def admin(p: Principal, what: str, *, field: str | None = None) -> None:
     if p.role is not Role.ADMIN:
-        raise Forbidden(f"only an admin may {what}")
+        raise Forbidden(f"only an admin may {what}", field=field)
 
 
 def tenant(p: Principal, what: str) -> str | None:

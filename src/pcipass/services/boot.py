@@ -36,7 +36,7 @@ from pcipass.pci.device import PciDevice
 from pcipass.pci.request import PciRequest
 from pcipass.records import ServerRecord
 from pcipass.sched.explain import explain
-from pcipass.sched.fit import Fit, NoFit, NoFitCode, fit
+from pcipass.sched.fit import Fit, NoFit, NoFitCode, fit, shortage_verdict
 from pcipass.sched.snapshot import BootRequest, HostView
 from pcipass.sched.weigh import WeighPolicy, weigh
 from pcipass.store import Store
@@ -58,9 +58,7 @@ def count_verdicts(req: BootRequest, counts: Counts) -> list[tuple[int, NoFit]]:
     """The SQL counts as ``fit``'s verdicts would read, with how many hosts each."""
     out = []
     for r, n in zip(req.hard, counts.lack, strict=True):
-        s = "s" if r.count > 1 else ""
-        out.append((n, NoFit("", NoFitCode.PCI_COUNT, f"lacks {r.count} free {r.alias!r} "
-                                f"device{s}", f"lack {r.count} free {r.alias!r} device{s}")))
+        out.append((n, shortage_verdict("", r)))
     out.append((counts.vcpus, NoFit("", NoFitCode.VCPUS, "lacks vCPUs", "lack vCPUs")))
     out.append((counts.ram, NoFit("", NoFitCode.RAM, "lacks RAM", "lack RAM")))
     return [(n, v) for n, v in out if n]

@@ -13,9 +13,9 @@ from dataclasses import replace
 from datetime import datetime
 
 from pcipass.config import Settings
-from pcipass.errors import InvalidInput, NotFound
-from pcipass.pci.alias import Alias
-from pcipass.pci.request import PciRequest, numa_node_count, pci_requests
+from pcipass.errors import InvalidInput, NotFound, PcipassError
+from pcipass.pci.alias import Alias, NumaPolicy
+from pcipass.pci.request import PciRequest, numa_node_count, pci_numa_policy, pci_requests
 from pcipass.records import (
     FlavorRecord,
     ImageRecord,
@@ -29,16 +29,14 @@ from pcipass.records import (
 from pcipass.sched.snapshot import BootRequest
 from pcipass.sched.weigh import WeighPolicy
 from pcipass.services import catalog
-from pcipass.services.access import acting_project, admin, tenant
+from pcipass.services.access import ADMIN_PROJECT, acting_project, admin, tenant
 from pcipass.services.boot import Placer
 from pcipass.services.explain import Explanation, explain_boot
+from pcipass.services.networks import NetworkServices, nic_requests, planned_requests
 from pcipass.services.tasks import Tasks
 from pcipass.store import Store
 from pcipass.store.claims import NewServer
 from pcipass.store.usage import over_quota
-
-# The project an admin's boots land in when it names none.
-ADMIN_PROJECT = "admin"
 
 
 def quota_trim(req: BootRequest, project: str, limits: Mapping[str, int],
@@ -65,8 +63,9 @@ def quota_trim(req: BootRequest, project: str, limits: Mapping[str, int],
     return replace(req, pci=tuple(kept)), tuple(dropped)
 
 
-class Cloud:
-    """Aliases, flavors, images, servers, quotas and usage over one store."""
+class Cloud(NetworkServices):
+    """Aliases, flavors, images, networks, ports, servers, quotas and usage over one store
+    (networks and ports: :class:`~pcipass.services.networks.NetworkServices`)."""
 
     def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
@@ -141,10 +140,17 @@ class Cloud:
     # --- servers ------------------------------------------------------------------------
 
     def create_server(self, p: Principal, *, name: str, flavor: str, image: str,
-                      project: str | None = None) -> ServerRecord:
+                      project: str | None = None,
+                      nics: Sequence[Mapping[str, object]] = ()) -> ServerRecord:
         """BUILDING with devices claimed and a spawn task queued, or ERROR saying why no host
-        fits. Refused outright (nothing created): an unknown or hidden flavor or image, an
-        image that cannot drive an alias asked for, a boot over quota."""
+        fits. Refused outright (nothing created): an unknown or hidden flavor, image, network
+        or port, a port in use, an image that cannot drive an alias asked for, a boot over
+        quota.
+
+        ``nics``: ``{"net_id": ref, "vnic_type": "direct"}`` (a port made for the server and
+        deleted with it) or ``{"port_id": ref}`` (an existing port, detached again when the
+        server goes); an SR-IOV port asks for a VF (a PF for direct-physical) on its
+        network's physical network."""
         proj = acting_project(p, project, "create servers", admin_default=ADMIN_PROJECT)
         assert proj is not None
         catalog.check_name(name, "server")
@@ -153,20 +159,45 @@ class Cloud:
         fl, im = got.flavor, got.image
         req = self._boot_request(fl, im, self.aliases.combine(got.alias_entries))
         req, dropped = quota_trim(req, proj, got.limits, got.held)
-        server = NewServer(
-            id=str(uuid.uuid4()), name=name, project=proj, flavor_id=fl.id,
-            flavor_name=fl.name, image_id=im.id, image_name=im.name, vcpus=fl.vcpus,
-            ram_mb=fl.ram_mb,
-            requests=tuple((r.alias, r.count, r.soft) for r in (*req.pci, *dropped)),
-            not_granted=tuple(str(r) for r in dropped),
-            payload={"image": {"name": im.name, "source": im.source,
-                               "properties": dict(im.properties)},
-                     "flavor": {"name": fl.name, "vcpus": fl.vcpus, "ram_mb": fl.ram_mb,
-                                "disk_gb": fl.disk_gb, "extra_specs": dict(fl.extra_specs)}},
-            quotas=bool(got.limits))
-        placer = Placer(self.store, self.policy, self.settings.scheduler.max_attempts,
-                        self.settings.scheduler.candidates)
-        return placer.place(server, req, got.kinds)
+        resolved = self.resolve_nics(p, proj, nics)
+        server_id = str(uuid.uuid4())
+        ports = self.prepare_nics(server_id, name, proj, resolved)
+        try:
+            req = replace(req, pci=(*req.pci, *nic_requests(ports, self._nic_policy(fl, im))))
+            server = NewServer(
+                id=server_id, name=name, project=proj, flavor_id=fl.id,
+                flavor_name=fl.name, image_id=im.id, image_name=im.name, vcpus=fl.vcpus,
+                ram_mb=fl.ram_mb,
+                requests=tuple((r.alias, r.count, r.soft) for r in (*req.pci, *dropped)),
+                not_granted=tuple(str(r) for r in dropped),
+                payload={"image": {"name": im.name, "source": im.source,
+                                   "properties": dict(im.properties)},
+                         "flavor": {"name": fl.name, "vcpus": fl.vcpus, "ram_mb": fl.ram_mb,
+                                    "disk_gb": fl.disk_gb,
+                                    "extra_specs": dict(fl.extra_specs)}},
+                quotas=bool(got.limits), ports=ports)
+            placer = Placer(self.store, self.policy, self.settings.scheduler.max_attempts,
+                            self.settings.scheduler.candidates)
+            return placer.place(server, req, got.kinds)
+        except Exception:
+            if ports:
+                self._release_unplaced(server_id)
+            raise
+
+    def _release_unplaced(self, server_id: str) -> None:
+        """A boot refused after its ports were prepared: give them back, unless the server
+        row was written (then its delete releases them)."""
+        try:
+            self.store.get_server(server_id)
+        except NotFound:
+            self.store.release_ports(server_id)
+        except PcipassError:
+            pass   # the database is failing: the sweeper's business, not this reply's
+
+    @staticmethod
+    def _nic_policy(fl: FlavorRecord, im: ImageRecord) -> NumaPolicy | None:
+        """The flavor's or image's PCI NUMA policy, which ports without their own follow."""
+        return pci_numa_policy(fl.extra_specs, im.properties, image=im.name or None)
 
     @staticmethod
     def _boot_request(fl: FlavorRecord, im: ImageRecord, aliases: Mapping[str, Alias]
@@ -203,15 +234,21 @@ class Cloud:
     # --- scheduler ----------------------------------------------------------------------
 
     def explain(self, p: Principal, *, flavor: str, image: str | None = None,
-                project: str | None = None) -> Explanation:
-        """Would a boot of this flavor (and image) fit now, where, and why not elsewhere.
-        With ``project``: as that project would boot it (its private flavors and images,
-        its quotas: a soft request they cannot cover is left out, a hard one refused)."""
+                project: str | None = None,
+                nics: Sequence[Mapping[str, object]] = ()) -> Explanation:
+        """Would a boot of this flavor (and image, and NICs) fit now, where, and why not
+        elsewhere. With ``project``: as that project would boot it (its private flavors,
+        images and networks, its quotas: a soft request they cannot cover is left out, a
+        hard one refused). No port is created: a NIC's would-be port is named ``nics[i]``."""
         admin(p, "ask the scheduler to explain")
         fl = self.store.get_flavor(flavor, project=project)
         im = (self.store.get_image(image, project=project) if image is not None
               else ImageRecord(id="", name="", source="", properties={}))
         req, _dropped = self._request(fl, im, project)
+        if nics:
+            resolved = self.resolve_nics(p, project, nics)
+            req = replace(req, pci=(*req.pci, *planned_requests(
+                resolved, self._nic_policy(fl, im))))
         return explain_boot(self.store, req, self.policy)
 
     # --- quotas and usage ---------------------------------------------------------------

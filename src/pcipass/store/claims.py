@@ -12,14 +12,17 @@ A claim is ONE transaction that cannot hand a device to two servers:
    state='claimed', owner=?, owner_alias=? WHERE ... AND state='available' AND NOT reserved
    AND reason IS NULL``): a row count short of the devices chosen is a
    :class:`~pcipass.errors.ClaimConflict` and the transaction rolls back whole;
-5. re-derive the host (dependants ``unavailable``, reasons, pools, ``host_kinds``,
+5. bind each port whose request got a device to it (``UPDATE ports ... WHERE id = ? AND
+   server_id = ?``: the boot attached it before the claim);
+6. re-derive the host (dependants ``unavailable``, reasons, pools, ``host_kinds``,
    ``pci_free``) and add the server to its vCPU, RAM and per-node use, insert the server
    (``BUILDING``), queue the spawn task.
 
 Freeing is the mirror image: the server's devices go back to ``available`` (or stay reserved,
 or are deleted if they had vanished, or leave the pools if the device spec no longer selects
 them), the host is re-derived and its use recounted from the servers it still holds, usage
-records end, a spawn task not yet run fails.
+records end, a spawn task not yet run fails. Its ports lose their bindings; once it is
+DELETED, the ports its boot made go and the others are detached.
 """
 
 from __future__ import annotations
@@ -32,19 +35,24 @@ from typing import Any
 from sqlalchemy import Connection, Row, bindparam, insert, select, update
 
 from pcipass.errors import ClaimConflict, Conflict, NotFound
+from pcipass.net.port import port_alias
 from pcipass.pci.address import PciAddress
-from pcipass.pci.device import PciDevice
+from pcipass.pci.device import DevType, PciDevice
 from pcipass.records import (
     DeviceState,
     FlavorRecord,
     ImageRecord,
+    PortBinding,
+    PortRecord,
     ServerDevice,
     ServerRecord,
     ServerStatus,
 )
 from pcipass.sched.fit import Fit, NoFit
 from pcipass.sched.snapshot import HostView
+from pcipass.store import networks as _networks
 from pcipass.store import payloads as _payloads
+from pcipass.store.derive import Row as DeviceRow
 from pcipass.store.derive import Target, load_rows, write_host
 from pcipass.store.facts import FactsCache
 from pcipass.store.hostviews import HOST_COLUMNS, host_view, tracked_views
@@ -88,6 +96,9 @@ class NewServer:
     # Whether the project had quotas when the boot started: if not, the claim skips the
     # quota check (a quota set meanwhile applies from the next boot on).
     quotas: bool = True
+    # Its ports (attached already, :func:`pcipass.store.networks.prepare_ports`), in the
+    # order the guest sees them.
+    ports: tuple[PortRecord, ...] = ()
 
 
 def _server_values(s: NewServer, now: datetime) -> dict[str, Any]:
@@ -149,6 +160,22 @@ def _take(conn: Connection, server_id: str, alias: str | None, ids: Sequence[int
             "taken meanwhile", field="devices")
 
 
+def port_binding(host: str, address: PciAddress, rows: Mapping[PciAddress, DeviceRow]
+                 ) -> PortBinding:
+    """Where a port lands on the device it got: a VF with its parent PF's netdev, or a PF
+    (``direct-physical``) with its own."""
+    dev = rows[address].tracked.device
+    vf_netdev = dev.netdevs[0].name if dev.netdevs else None
+    if dev.dev_type is DevType.VF:
+        parent = rows.get(dev.parent_addr) if dev.parent_addr is not None else None
+        pf = parent.tracked.device.netdevs if parent is not None else ()
+        return PortBinding(host=host, address=address, pf_netdev=pf[0].name if pf else None,
+                           vf_index=dev.vf_index, vf_netdev=vf_netdev)
+    return PortBinding(host=host, address=address,
+                       pf_netdev=vf_netdev if dev.dev_type is DevType.PF else None,
+                       vf_index=None, vf_netdev=None)
+
+
 def _with_server(host: Any, vcpus: int, ram_mb: int, cells: Sequence[int]
                  ) -> dict[str, Any]:
     """The host's use counters with one more server (the host row is locked)."""
@@ -198,11 +225,20 @@ def claim(conn: Connection, s: NewServer, host_id: int, decide: Decide, kind_ids
                    taken.get(r.address, r) for r in ordered)], kind_ids, now,
                host=_with_server(host, s.vcpus, s.ram_mb, verdict.cells),
                current={**rows, **taken})
+    for a in verdict.assignments:
+        if a.request.port is not None:
+            _networks.bind_port(conn, a.request.port, s.id,
+                                port_binding(host.name, a.devices[0], rows), now)
     granted = {a.request for a in verdict.assignments}
     not_granted = (*s.not_granted, *(str(r) for r in verdict.not_granted if r not in granted))
     conn.execute(insert(servers), {
         **_server_values(s, now), "status": ServerStatus.BUILDING.value, "host_id": host_id,
         "fault": None, "not_granted": list(not_granted), "numa_cells": list(verdict.cells)})
+    _networks.place_ports(conn, s.id, [p.id for p in s.ports])
+    nics = _networks.server_ports(conn, [s.id]).get(s.id, [])
+    # A VF bound to a direct or macvtap port is an <interface>, not a <hostdev>.
+    as_interface = {p.binding.address for p in nics if p.binding is not None
+                    and p.vnic_type != "direct-physical"}
     held = tuple(
         ServerDevice(address=a, alias=chosen[a], state=DeviceState.CLAIMED,
                      vendor_id=dev.vendor_id, product_id=dev.product_id,
@@ -215,8 +251,11 @@ def claim(conn: Connection, s: NewServer, host_id: int, decide: Decide, kind_ids
         {"vcpus": s.vcpus, "ram_mb": s.ram_mb, **s.payload.get("flavor", {})},
         s.payload.get("image", {}),
         [_payloads.device(a, chosen[a], rows[a].tracked.device.tags,
-                          units.get(a, len(units) + i)) for i, a in enumerate(sorted(chosen))],
-        verdict.cells)
+                          units.get(a, len(units) + i)) for i, a in enumerate(sorted(chosen))
+         if a not in as_interface],
+        verdict.cells,
+        [_payloads.interface(p, True if p.binding is None else _payloads.managed(
+            rows[p.binding.address].tracked.device.tags)) for p in nics])
     conn.execute(insert(tasks), {"host_id": host_id, "server_id": s.id, "kind": "spawn",
                                  "payload": payload, "state": "queued", "created_at": now,
                                  "updated_at": now})
@@ -224,7 +263,7 @@ def claim(conn: Connection, s: NewServer, host_id: int, decide: Decide, kind_ids
         id=s.id, name=s.name, project=s.project, status=ServerStatus.BUILDING,
         flavor=s.flavor_name, image=s.image_name, host=host.name, devices=held,
         not_granted=tuple(not_granted), fault=None, numa_cells=tuple(verdict.cells),
-        created_at=now, updated_at=now)
+        created_at=now, updated_at=now, ports=tuple(nics))
 
 
 # --- after the claim ---------------------------------------------------------------------
@@ -262,7 +301,8 @@ def release(conn: Connection, server_id: str, status: ServerStatus, fault: str |
     """
     server, host_id, generation = _lock_server(conn, server_id)
     if server.status == ServerStatus.DELETED.value and conn.execute(
-            select(devices.c.id).where(devices.c.owner == server_id).limit(1)).first() is None:
+            select(devices.c.id).where(devices.c.owner == server_id).limit(1)).first() is None \
+            and not _networks.has_ports(conn, server_id):
         return get_server(conn, server_id)
     if host_id is not None:
         rows = load_rows(conn, host_id, cached=(facts, generation))
@@ -288,6 +328,7 @@ def release(conn: Connection, server_id: str, status: ServerStatus, fault: str |
     conn.execute(update(servers).where(servers.c.id == server_id).values(values))
     if host_id is not None:
         recount_host(conn, host_id)
+    _networks.free_ports(conn, server_id, detach=status is ServerStatus.DELETED, now=now)
     end_usage(conn, server_id, now)
     _finish_tasks(conn, server_id, "failed", fault or f"server {status.value.lower()}", now)
     return get_server(conn, server_id)
@@ -304,6 +345,9 @@ def complete_spawn(conn: Connection, server_id: str, kind_ids: KindIds, facts: F
     host_name = conn.execute(select(hosts.c.name).where(hosts.c.id == host_id)).scalar_one()
     targets: list[Target] = []
     metered: list[dict[str, Any]] = []
+    # A port's device is metered by what it is, e.g. "direct:physnet1", not by the port.
+    metered_as = {port_alias(p.id): f"{p.vnic_type}:{p.physical_network}"
+                  for p in _networks.server_ports(conn, [server_id]).get(server_id, ())}
     for r in sorted(rows.values(), key=lambda r: r.address):
         t = r.tracked
         if t.owner == server_id:
@@ -312,7 +356,8 @@ def complete_spawn(conn: Connection, server_id: str, kind_ids: KindIds, facts: F
             elif t.state is DeviceState.REMOVED and t.held_state is DeviceState.CLAIMED:
                 t = replace(t, held_state=DeviceState.ALLOCATED)
             if r.owner_alias is not None:
-                metered.append({"project": server.project, "alias": r.owner_alias,
+                metered.append({"project": server.project,
+                                "alias": metered_as.get(r.owner_alias, r.owner_alias),
                                 "server_id": server_id, "host": host_name,
                                 "address": str(t.address), "started_at": now,
                                 "ended_at": None})

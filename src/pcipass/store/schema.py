@@ -10,6 +10,7 @@ by every device write) and only then reads the devices of the few hosts it picke
               devices 1─* device_tags    (tags as rows: an index serves tag filters on any DB)
     hosts 1─* servers 1─* tasks          (a server holds devices through devices.owner)
     aliases, flavors 1─* flavor_projects, images, quotas, projects, usage_records
+    networks 1─* ports ┄ servers         (ports.server_id: no foreign key, see below)
     tokens                               (sha256 of the token only)
 
 Ownership lives in one place: ``devices.state/owner/owner_alias``. Everything else about a
@@ -75,6 +76,7 @@ Json = JSON().with_variant(JSONB(), "postgresql")
 STORED_STATES = tuple(s.value for s in DeviceState if s is not DeviceState.RESERVED)
 TASK_KINDS = ("spawn", "destroy")
 TASK_STATES = ("queued", "running", "done", "failed", "expired")
+SEGMENTATIONS = ("vlan", "flat")
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -373,4 +375,56 @@ usage_records = Table(
     Column("ended_at", UtcDateTime, nullable=True),
     Index(None, "project", "started_at"),
     Index(None, "server_id"),
+)
+
+
+# --- issue 5: SR-IOV networks and ports -----------------------------------------------------
+
+networks = Table(
+    "networks", metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(255), nullable=False, unique=True),
+    # None: shared with every project.
+    Column("project", String(255), nullable=True),
+    Column("physical_network", String(255), nullable=False),
+    Column("segmentation", String(8), nullable=False),
+    Column("segmentation_id", Integer, nullable=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    CheckConstraint(_in("segmentation", SEGMENTATIONS), name="segmentation"),
+)
+
+# A port belongs to a server through ``server_id`` alone, not a foreign key: a boot attaches
+# its ports before the claim writes the server row (and gives them back if it never does).
+# Unique MACs per network are the database's job: creators with random MACs retry on the
+# ``(network_id, mac)`` violation.
+ports = Table(
+    "ports", metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(255), nullable=True),
+    Column("project", String(255), nullable=False),
+    Column("network_id", String(36), ForeignKey("networks.id"), nullable=False),
+    Column("vnic_type", String(16), nullable=False),
+    Column("mac", String(17), nullable=False),
+    Column("trusted", Boolean, nullable=False),
+    Column("spoofchk", Boolean, nullable=False),
+    Column("max_tx_rate_mbps", Integer, nullable=True),
+    Column("min_tx_rate_mbps", Integer, nullable=True),
+    Column("numa_affinity_policy", String(32), nullable=True),
+    Column("server_id", String(36), nullable=True),
+    # Its place among the server's ports, the order the guest sees them in (set by the claim).
+    Column("server_position", Integer, nullable=True),
+    # Made by a boot (``--nic net-id=``): deleted with its server.
+    Column("auto_delete", Boolean, nullable=False),
+    # What the claim bound it to: the host (by name), the VF (or PF), the PF's netdev, the
+    # VF's index and netdev. All None while unbound.
+    Column("binding_host", String(253), nullable=True),
+    Column("binding_address", String(16), nullable=True),
+    Column("binding_pf", String(255), nullable=True),
+    Column("binding_vf_index", Integer, nullable=True),
+    Column("binding_vf_netdev", String(255), nullable=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    UniqueConstraint("network_id", "mac"),
+    Index(None, "server_id"),
+    Index(None, "project"),
 )

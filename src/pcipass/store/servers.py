@@ -10,7 +10,15 @@ from sqlalchemy import Connection, Row, and_, or_, select
 
 from pcipass.errors import Conflict, InvalidInput, NotFound
 from pcipass.pci.device import DevType
-from pcipass.records import DeviceState, Page, ServerDevice, ServerRecord, ServerStatus
+from pcipass.records import (
+    DeviceState,
+    Page,
+    PortRecord,
+    ServerDevice,
+    ServerRecord,
+    ServerStatus,
+)
+from pcipass.store.networks import server_ports
 from pcipass.store.queries import check_limit, decode_marker, encode_marker
 from pcipass.store.rows import _address, shown_state
 from pcipass.store.schema import devices, hosts, servers
@@ -42,18 +50,22 @@ def held_devices(conn: Connection, ids: Sequence[str]) -> dict[str, list[ServerD
     return out
 
 
-def to_server(row: Row[Any], held: Sequence[ServerDevice]) -> ServerRecord:
+def to_server(row: Row[Any], held: Sequence[ServerDevice],
+              nics: Sequence[PortRecord] = ()) -> ServerRecord:
     return ServerRecord(
         id=row.id, name=row.name, project=row.project, status=ServerStatus(row.status),
         flavor=row.flavor_name, image=row.image_name, host=row.host_name,
         devices=tuple(held), not_granted=tuple(row.not_granted), fault=row.fault,
         numa_cells=tuple(row.numa_cells), created_at=row.created_at,
-        updated_at=row.updated_at)
+        updated_at=row.updated_at, ports=tuple(nics))
 
 
 def records(conn: Connection, rows: Sequence[Row[Any]]) -> list[ServerRecord]:
-    held = held_devices(conn, [r.id for r in rows])
-    return [to_server(r, held.get(r.id, ())) for r in rows]
+    """The servers with their devices and ports (one query each for all of them)."""
+    ids = [r.id for r in rows]
+    held = held_devices(conn, ids)
+    nics = server_ports(conn, ids)
+    return [to_server(r, held.get(r.id, ()), nics.get(r.id, ())) for r in rows]
 
 
 def get_server(conn: Connection, server_id: str) -> ServerRecord:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -17,8 +18,10 @@ from pcipass.records import (
     FlavorRecord,
     HostRecord,
     ImageRecord,
+    NetworkRecord,
     Page,
     PoolRecord,
+    PortRecord,
     Principal,
     QuotaRecord,
     ReportResult,
@@ -35,6 +38,7 @@ from pcipass.store import catalog as _catalog
 from pcipass.store import claims as _claims
 from pcipass.store import inventory as _inventory
 from pcipass.store import migrate as _migrate
+from pcipass.store import networks as _networks
 from pcipass.store import queries as _queries
 from pcipass.store import servers as _servers
 from pcipass.store import tokens as _tokens
@@ -46,6 +50,7 @@ from pcipass.store.engine import Transactions, make_engine
 from pcipass.store.facts import FactsCache
 from pcipass.store.hostviews import load_views
 from pcipass.store.kinds import KindCatalog, KindIds
+from pcipass.store.networks import NewPort
 
 
 def _utcnow() -> datetime:
@@ -53,8 +58,8 @@ def _utcnow() -> datetime:
 
 
 class Store:
-    """Hosts, devices, pools, tokens, the catalog, servers and their claims, quotas and usage,
-    on SQLite (default) or PostgreSQL.
+    """Hosts, devices, pools, tokens, the catalog, networks and ports, servers and their
+    claims, quotas and usage, on SQLite (default) or PostgreSQL.
 
     Safe to share between threads and to run in several processes on one database.
     """
@@ -220,6 +225,82 @@ class Store:
                                 field="image")
             _catalog.delete_image(conn, image.id)
             return image
+
+    # --- networks and ports ---------------------------------------------------------------
+
+    def create_network(self, *, name: str, project: str | None, physical_network: str,
+                       segmentation: str, segmentation_id: int | None) -> NetworkRecord:
+        """A new network (``project`` None: shared); a name in use is a Conflict on "name"."""
+        with self._tx.write() as conn:
+            return _networks.create_network(
+                conn, name=name, project=project, physical_network=physical_network,
+                segmentation=segmentation, segmentation_id=segmentation_id,
+                now=self._clock())
+
+    def list_networks(self, *, project: str | None = None) -> tuple[NetworkRecord, ...]:
+        """Every network, or the shared ones and ``project``'s."""
+        with self._tx.read() as conn:
+            return _networks.list_networks(conn, project)
+
+    def get_network(self, ref: str, *, project: str | None = None) -> NetworkRecord:
+        """By id or name; one ``project`` may not see is NotFound."""
+        with self._tx.read() as conn:
+            return _networks.find_network(conn, ref, project)
+
+    def delete_network(self, ref: str) -> None:
+        """Delete a network and its free ports; Conflict ``network_in_use`` while a server
+        has a port on it."""
+        with self._tx.write() as conn:
+            _networks.delete_network(conn, ref)
+
+    def create_port(self, *, project: str, network_id: str, name: str | None,
+                    vnic_type: str, mac: str | None, mac_prefix: str, trusted: bool,
+                    spoofchk: bool, max_tx_rate_mbps: int | None,
+                    min_tx_rate_mbps: int | None, numa_affinity_policy: str | None,
+                    rng: random.Random | None = None) -> PortRecord:
+        """A free port on a network ``project`` may see, with ``mac`` (Conflict
+        ``mac_in_use`` if the network has it) or a random free MAC under ``mac_prefix``."""
+        with self._tx.write() as conn:
+            return _networks.create_port(
+                conn, project=project, network_id=network_id, name=name,
+                vnic_type=vnic_type, mac=mac, mac_prefix=mac_prefix, trusted=trusted,
+                spoofchk=spoofchk, max_tx_rate_mbps=max_tx_rate_mbps,
+                min_tx_rate_mbps=min_tx_rate_mbps,
+                numa_affinity_policy=numa_affinity_policy, rng=rng, now=self._clock())
+
+    def list_ports(self, *, project: str | None = None, network: str | None = None,
+                   server: str | None = None) -> tuple[PortRecord, ...]:
+        """Ports, oldest first; ``network`` by id or name, ``server`` by id."""
+        with self._tx.read() as conn:
+            return _networks.list_ports(conn, project=project, network=network,
+                                        server=server)
+
+    def get_port(self, ref: str, *, project: str | None = None) -> PortRecord:
+        """By id, else the oldest port of that name (only ``project``'s when given)."""
+        with self._tx.read() as conn:
+            return _networks.find_port(conn, ref, project)
+
+    def delete_port(self, ref: str, *, project: str | None = None) -> None:
+        """Delete a free port; Conflict ``port_in_use`` while a server has it."""
+        with self._tx.write() as conn:
+            _networks.delete_port(conn, ref, project)
+
+    def prepare_ports(self, server_id: str, project: str, new: Sequence[NewPort],
+                      existing: Sequence[str], *, mac_prefix: str,
+                      rng: random.Random | None = None) -> tuple[PortRecord, ...]:
+        """Attach a boot's ports to ``server_id`` before its claim, in one transaction: a
+        new port per :class:`~pcipass.store.networks.NewPort` (deleted with the server),
+        and the existing ports by id (Conflict ``port_in_use`` if a server has one). Returned
+        in the order new..., existing...."""
+        with self._tx.write() as conn:
+            return _networks.prepare_ports(conn, server_id, project, new, existing,
+                                           mac_prefix=mac_prefix, rng=rng,
+                                           now=self._clock())
+
+    def release_ports(self, server_id: str) -> None:
+        """Undo :meth:`prepare_ports` for a boot refused before its server row exists."""
+        with self._tx.write() as conn:
+            _networks.release_ports(conn, server_id, self._clock())
 
     # --- scheduling ---------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from sqlalchemy import Connection, select, update
 
 from pcipass.errors import Forbidden, NotFound, TaskNotRunnable
 from pcipass.records import ServerRecord, ServerStatus
+from pcipass.store import networks as _networks
 from pcipass.store import payloads as _payloads
 from pcipass.store.claims import _lock_server, complete_spawn, recount_host, release
 from pcipass.store.engine import Transactions
@@ -210,11 +211,16 @@ def expire(tx: Transactions, now: datetime, timeout: float, kind_ids: KindIds,
 # --- delete -------------------------------------------------------------------------------
 
 def _destroy_payload(conn: Connection, server: Any) -> dict[str, Any]:
+    """The devices to give back and the ports to undo (VFs restored, switch unbound), as the
+    spawn had them."""
     held = conn.execute(select(devices.c.address, devices.c.tags)
-                        .where(devices.c.owner == server.id).order_by(devices.c.address))
+                        .where(devices.c.owner == server.id).order_by(devices.c.address)).all()
+    managed = {r.address: _payloads.managed(r.tags or {}) for r in held}
+    nics = _networks.server_ports(conn, [server.id]).get(server.id, [])
     return {"server": {"id": server.id, "name": server.name, "project": server.project},
-            "devices": [{"address": r.address, "managed": _payloads.managed(r.tags or {})}
-                        for r in held]}
+            "devices": [{"address": r.address, "managed": managed[r.address]} for r in held],
+            "interfaces": [_payloads.interface(p, p.binding is None or managed.get(
+                str(p.binding.address), True)) for p in nics]}
 
 
 def delete(tx: Transactions, server_id: str, force: bool, kind_ids: KindIds,
@@ -257,6 +263,10 @@ def delete(tx: Transactions, server_id: str, force: bool, kind_ids: KindIds,
             status=status.value, updated_at=now, generation=servers.c.generation + 1))
         if gone:
             end_usage(conn, server_id, now)
+            if held is None:
+                # Nothing to wait for on the host (a failed boot, or a forced delete of one
+                # without devices): its ports are let go now.
+                _networks.free_ports(conn, server_id, detach=True, now=now)
         recount_host(conn, host_id)
         return get_server(conn, server_id)
 

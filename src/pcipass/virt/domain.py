@@ -27,6 +27,7 @@ __all__ = [
     "HostdevInterface",
     "HostdevUnit",
     "Interface",
+    "NetworkInterface",
     "NumaPlacement",
     "VirtType",
     "format_cpuset",
@@ -228,7 +229,7 @@ class HostdevInterface:
 
 @dataclass(frozen=True, slots=True)
 class DirectInterface:
-    """A macvtap in passthrough mode on a VF's netdev (vnic type ``macvtap``)."""
+    """A macvtap in passthrough mode on a VF's netdev (vnic type ``macvtap``), virtio model."""
 
     mac: str
     dev: str
@@ -241,7 +242,21 @@ class DirectInterface:
         _check_vlan(self.vlan)
 
 
-Interface = HostdevInterface | DirectInterface
+@dataclass(frozen=True, slots=True)
+class NetworkInterface:
+    """A virtio NIC on a libvirt network (vnic type ``normal``): no device of the host's."""
+
+    mac: str
+    network: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mac", _check_mac(self.mac))
+        if not self.network or "/" in self.network or not self.network.isprintable() \
+                or self.network != self.network.strip():
+            raise _bad(f"{self.network!r} is not a libvirt network name", "network")
+
+
+Interface = HostdevInterface | DirectInterface | NetworkInterface
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,11 @@ Every failure comes out as :class:`pcipass.errors.VirtError`; no driver's own ex
 The calls suit an agent that may repeat a task after a crash: ``destroy`` of a domain that is
 not running does nothing, ``exists`` lets it skip what is already done, and detaching a
 function already bound to vfio-pci is not an error.
+
+Changing a guest: ``attach_device`` / ``detach_device`` plug a ``<hostdev>`` or ``<interface>``
+fragment into the running domain (``live``) and/or its persistent definition (``config``);
+``migrate`` moves a domain to the hypervisor at ``dest_uri``, which keeps it defined while the
+source forgets it. :mod:`pcipass.virt.migration` says which devices must be unplugged first.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Self
 from pcipass.errors import InvalidInput
 from pcipass.pci.address import PciAddress
 
-__all__ = ["DEFAULT_URI", "DriverKind", "Operation", "VirtDriver", "open_driver"]
+__all__ = ["DEFAULT_URI", "DriverKind", "Operation", "VirtDriver", "check_affect", "open_driver"]
 
 DEFAULT_URI = "qemu:///system"
 
@@ -39,6 +44,12 @@ class Operation(StrEnum):
     NODEDEV_DETACH = "nodedev_detach"
     NODEDEV_REATTACH = "nodedev_reattach"
     CONNECT = "connect"
+    ATTACH_DEVICE = "attach_device"
+    DETACH_DEVICE = "detach_device"
+    MIGRATE = "migrate"
+    #: The destination's half of ``migrate``: the fake records it (and fails it on demand)
+    #: in the destination's state, as a refusing destination host would.
+    INCOMING_MIGRATION = "incoming_migration"
 
 
 class VirtDriver(ABC):
@@ -83,6 +94,30 @@ class VirtDriver(ABC):
     def nodedev_reattach(self, address: PciAddress) -> None:
         """Give a detached host function back to its host driver."""
 
+    @abstractmethod
+    def attach_device(self, name: str, xml: str, *, live: bool = True,
+                      config: bool = True) -> None:
+        """Plug a ``<hostdev>`` or ``<interface>`` fragment into the domain: the running guest
+        when ``live`` (an error if it is not running), its persistent definition when
+        ``config`` (an error for a transient domain). At least one of them must be asked."""
+
+    @abstractmethod
+    def detach_device(self, name: str, xml: str, *, live: bool = True,
+                      config: bool = True) -> None:
+        """Unplug the device the fragment names (a hostdev by its source PCI address, an
+        interface by its MAC) from the running guest and/or the definition; an error when
+        it is not there."""
+
+    @abstractmethod
+    def migrate(self, name: str, dest_uri: str, *, live: bool, xml: str | None = None) -> None:
+        """Move the domain to the hypervisor at ``dest_uri`` (a libvirt URI, or
+        ``fake:///STATE`` for the fake). ``live``: the guest keeps running while its memory
+        copies; otherwise a running guest is paused for the copy and a stopped one moves as
+        a definition. The destination keeps it defined (with ``xml``, when given, as both its
+        running and its persistent XML: same name and UUID, the destination's devices); the
+        source forgets it. Passed-through devices must be unplugged first, except ones whose
+        host driver can migrate them."""
+
     def close(self) -> None:  # noqa: B027 (optional hook)
         """Release the connection; the default has none."""
 
@@ -92,6 +127,12 @@ class VirtDriver(ABC):
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+def check_affect(live: bool, config: bool) -> None:
+    """An attach or detach must touch the running guest, its definition, or both."""
+    if not (live or config):
+        raise InvalidInput("a device change needs live, config or both", field="live")
 
 
 class DriverKind(StrEnum):

@@ -2,6 +2,16 @@
 
 libvirt's errors become :class:`~pcipass.errors.VirtError` here, carrying libvirt's message
 and error number, and libvirt's habit of printing every error to stderr is switched off.
+
+Device hot-plug and migration go through a :class:`~pcipass.virt.libvirt_calls.DomainCalls`
+seam (libvirt's ``test:///default`` supports neither), with these flags:
+
+- attach/detach: ``VIR_DOMAIN_AFFECT_LIVE`` for ``live``, ``VIR_DOMAIN_AFFECT_CONFIG`` for
+  ``config``;
+- migrate: ``migrateToURI3(dest_uri, params, PEER2PEER | PERSIST_DEST | UNDEFINE_SOURCE``
+  ``| LIVE)`` (``PEER2PEER`` because ``dest_uri`` is the destination's libvirt URI; a stopped
+  domain moves ``OFFLINE`` instead of ``LIVE``), ``params`` holding
+  ``VIR_MIGRATE_PARAM_DEST_XML`` and ``VIR_MIGRATE_PARAM_PERSIST_XML`` when XML is given.
 """
 
 from __future__ import annotations
@@ -14,7 +24,8 @@ import libvirt
 
 from pcipass.errors import VirtError
 from pcipass.pci.address import PciAddress
-from pcipass.virt.driver import DEFAULT_URI, Operation, VirtDriver
+from pcipass.virt.driver import DEFAULT_URI, Operation, VirtDriver, check_affect
+from pcipass.virt.libvirt_calls import DomainCalls, LibvirtDomainCalls
 from pcipass.virt.nodedev import LibvirtNodeDevices, NodeDevices
 
 __all__ = ["LibvirtDriver"]
@@ -29,6 +40,19 @@ _UNDEFINE_FULL = (_UNDEFINE_BASIC | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_META
                   | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
 _UNSUPPORTED = (libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_NO_SUPPORT)
 
+# Every migration: the destination libvirtd is reached by URI, keeps the domain defined, and
+# the source forgets it.
+MIGRATE_BASE = (libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
+                | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
+
+
+def affect_flags(live: bool, config: bool) -> int:
+    """``attachDeviceFlags``/``detachDeviceFlags`` flags for the running guest and/or the
+    definition."""
+    check_affect(live, config)
+    return ((libvirt.VIR_DOMAIN_AFFECT_LIVE if live else 0)
+            | (libvirt.VIR_DOMAIN_AFFECT_CONFIG if config else 0))
+
 
 def _quiet(_ctx: object, _err: object) -> None:
     """libvirt's default handler prints each error to stderr; ours are raised instead."""
@@ -41,7 +65,8 @@ def _translate(op: Operation, what: str, exc: libvirt.libvirtError) -> VirtError
 
 
 class LibvirtDriver(VirtDriver):
-    def __init__(self, uri: str = DEFAULT_URI, *, nodedevs: NodeDevices | None = None) -> None:
+    def __init__(self, uri: str = DEFAULT_URI, *, nodedevs: NodeDevices | None = None,
+                 calls: DomainCalls | None = None) -> None:
         libvirt.registerErrorHandler(_quiet, None)
         self.uri = uri
         try:
@@ -49,6 +74,7 @@ class LibvirtDriver(VirtDriver):
         except libvirt.libvirtError as exc:
             raise _translate(Operation.CONNECT, uri, exc) from None
         self._nodedevs = nodedevs if nodedevs is not None else LibvirtNodeDevices(self._conn)
+        self._calls = calls if calls is not None else LibvirtDomainCalls()
 
     def _call(self, op: Operation, what: str, fn: Callable[[], T]) -> T:
         try:
@@ -115,6 +141,41 @@ class LibvirtDriver(VirtDriver):
 
     def nodedev_reattach(self, address: PciAddress) -> None:
         self._nodedevs.reattach(address)
+
+    def attach_device(self, name: str, xml: str, *, live: bool = True,
+                      config: bool = True) -> None:
+        flags = affect_flags(live, config)
+        dom = self._lookup(Operation.ATTACH_DEVICE, name)
+        self._call(Operation.ATTACH_DEVICE, f"domain {name!r}",
+                   lambda: self._calls.attach_device_flags(dom, xml, flags))
+
+    def detach_device(self, name: str, xml: str, *, live: bool = True,
+                      config: bool = True) -> None:
+        flags = affect_flags(live, config)
+        dom = self._lookup(Operation.DETACH_DEVICE, name)
+        self._call(Operation.DETACH_DEVICE, f"domain {name!r}",
+                   lambda: self._calls.detach_device_flags(dom, xml, flags))
+
+    def migrate(self, name: str, dest_uri: str, *, live: bool, xml: str | None = None) -> None:
+        what = f"domain {name!r}"
+        dom = self._lookup(Operation.MIGRATE, name)
+        active = bool(self._call(Operation.MIGRATE, what, dom.isActive))
+        flags = MIGRATE_BASE
+        if live:
+            if not active:
+                raise VirtError(f"migrate {what}: Requested operation is not valid: domain is "
+                                "not running (a live migration needs a running guest)",
+                                operation=str(Operation.MIGRATE),
+                                driver_code=libvirt.VIR_ERR_OPERATION_INVALID)
+            flags |= libvirt.VIR_MIGRATE_LIVE
+        elif not active:
+            flags |= libvirt.VIR_MIGRATE_OFFLINE
+        params: dict[str, str] = {}
+        if xml is not None:
+            params[libvirt.VIR_MIGRATE_PARAM_DEST_XML] = xml
+            params[libvirt.VIR_MIGRATE_PARAM_PERSIST_XML] = xml
+        self._call(Operation.MIGRATE, f"{what} to {dest_uri}",
+                   lambda: self._calls.migrate_to_uri3(dom, dest_uri, params, flags))
 
     def close(self) -> None:
         # Already closed, or the daemon went away: nothing is left to release.

@@ -1,10 +1,12 @@
 """A task's payload (JSON from the control plane) as typed values, and the guest it asks for.
 
 The control plane sends what it decided: the server, its flavor and image, the claimed devices
-(``unit`` numbers tie functions assigned as one IOMMU unit) and the guest NUMA cells with the
-host node each one is on. :func:`parse_spawn` and :func:`parse_destroy` check it once, naming
-the offending field; :func:`from_payload` adds what only the host knows (the CPUs of each NUMA
-node, where its state directory is) and returns the :class:`DomainSpec`. Nothing here does I/O.
+(``unit`` numbers tie functions assigned as one IOMMU unit), the guest NUMA cells with the
+host node each one is on, and the server's ports as ``interfaces`` (one per port, with the
+device each SR-IOV port is bound to). :func:`parse_spawn` and :func:`parse_destroy` check it
+once, naming the offending field; :func:`from_payload` adds what only the host knows (the CPUs
+of each NUMA node, where its state directory is, the libvirt network ``normal`` ports go on)
+and returns the :class:`DomainSpec`. Nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -16,28 +18,37 @@ from typing import Any
 from uuid import UUID
 
 from pcipass.errors import InvalidInput
+from pcipass.net.port import VnicType, check_rate, parse_mac, parse_vnic_type
 from pcipass.pci.address import PciAddress
 from pcipass.virt.domain import (
     BootDisk,
+    DirectInterface,
     DiskFormat,
     DomainSpec,
     GuestCell,
+    HostdevInterface,
     HostdevUnit,
+    Interface,
+    NetworkInterface,
     NumaPlacement,
     VirtType,
 )
 
 __all__ = [
+    "DEFAULT_NORMAL_NETWORK",
     "DISK_FORMAT_PROPERTY",
     "DOMAIN_PREFIX",
     "DestroyPayload",
     "PayloadCell",
     "PayloadDevice",
+    "PayloadInterface",
     "ServerRef",
     "SpawnPayload",
     "domain_name",
     "domain_spec",
     "from_payload",
+    "guest_interface",
+    "interfaces",
     "overlay_path",
     "parse_destroy",
     "parse_spawn",
@@ -47,6 +58,7 @@ __all__ = [
 DOMAIN_PREFIX = "pcipass-"
 DISK_FORMAT_PROPERTY = "disk_format"   # the image property naming its file's format (Glance's)
 DISKS_DIR = "disks"
+DEFAULT_NORMAL_NETWORK = "default"   # the libvirt network ``normal`` ports are plugged into
 
 
 def _bad(message: str, field: str) -> InvalidInput:
@@ -77,6 +89,19 @@ def _int(value: Any, field: str, *, low: int = 0) -> int:
         raise _bad(f"{field} must be an integer, not {value!r}", field)
     if value < low:
         raise _bad(f"{field} must be at least {low}, not {value}", field)
+    return value
+
+
+def _optional_int(value: Any, field: str, *, low: int = 0) -> int | None:
+    return None if value is None else _int(value, field, low=low)
+
+
+def _bool(obj: Mapping[str, Any], key: str, where: str, default: bool) -> bool:
+    value = obj.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise _bad(f"{where}.{key} must be true or false, not {value!r}", f"{where}.{key}")
     return value
 
 
@@ -114,6 +139,46 @@ class PayloadDevice:
 
 
 @dataclass(frozen=True, slots=True)
+class PayloadInterface:
+    """One of the server's ports as the claim bound it on this host.
+
+    ``address`` is the VF (``direct``, ``macvtap``) or the PF (``direct-physical``), ``pf``
+    the PF's netdev and ``vf_index`` the VF's index under it (what the VF is programmed
+    through), ``vf_netdev`` the VF's own netdev (what a macvtap sits on). A ``normal`` port
+    has none of them. ``vlan`` None is an untagged (flat) network.
+    """
+
+    port: str
+    vnic_type: VnicType
+    mac: str
+    vlan: int | None = None
+    address: PciAddress | None = None
+    pf: str | None = None
+    vf_index: int | None = None
+    vf_netdev: str | None = None
+    managed: bool = True
+    trusted: bool = False
+    spoofchk: bool = True
+    max_tx_rate_mbps: int | None = None
+    min_tx_rate_mbps: int | None = None
+    network: str | None = None
+    physical_network: str | None = None
+
+    @property
+    def is_vf(self) -> bool:
+        """A VF this host programs (MAC, VLAN, ...) on its PF: ``direct`` and ``macvtap``."""
+        return self.vnic_type in (VnicType.DIRECT, VnicType.MACVTAP)
+
+    @property
+    def on_switch(self) -> bool:
+        """An SR-IOV port whose PF's upstream switch is told about it (bind/unbind)."""
+        return self.vnic_type is not VnicType.NORMAL
+
+    def describe(self) -> str:
+        return f"{self.vnic_type} port {self.port}"
+
+
+@dataclass(frozen=True, slots=True)
 class PayloadCell:
     """A guest NUMA cell as the scheduler placed it: its vCPU ids, memory and host node."""
 
@@ -134,12 +199,14 @@ class SpawnPayload:
     disk_format: DiskFormat
     devices: tuple[PayloadDevice, ...]
     cells: tuple[PayloadCell, ...] | None
+    interfaces: tuple[PayloadInterface, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class DestroyPayload:
     server: ServerRef
     devices: tuple[PayloadDevice, ...]
+    interfaces: tuple[PayloadInterface, ...] = ()
 
 
 # --- parsing ------------------------------------------------------------------------------
@@ -180,6 +247,75 @@ def _devices(obj: Mapping[str, Any], *, unit: bool) -> tuple[PayloadDevice, ...]
         if d.address in seen:
             raise _bad(f"device {d.address} is listed twice", f"devices[{i}].address")
         seen.add(d.address)
+    return out
+
+
+_NEEDS: dict[VnicType, tuple[str, ...]] = {
+    # what each vnic type's binding must carry for the host to set the port up
+    VnicType.NORMAL: (),
+    VnicType.DIRECT: ("address", "pf", "vf_index"),
+    VnicType.MACVTAP: ("address", "pf", "vf_index"),
+    VnicType.DIRECT_PHYSICAL: ("address",),
+}
+
+
+def _interface(obj: Any, where: str) -> PayloadInterface:
+    i = _object(obj, where)
+    port = _str(_get(i, "port", where), f"{where}.port")
+    vnic = parse_vnic_type(_get(i, "vnic_type", where), field=f"{where}.vnic_type")
+    try:
+        mac = parse_mac(_get(i, "mac", where), field=f"{where}.mac")
+    except InvalidInput as exc:
+        raise _bad(f"port {port}: {exc.message}", exc.field or f"{where}.mac") from None
+    vlan = _optional_int(i.get("vlan"), f"{where}.vlan", low=1)
+    if vlan is not None and vlan > 4094:
+        raise _bad(f"{where}.vlan {vlan} is not a VLAN id (1 to 4094)", f"{where}.vlan")
+    address = i.get("address")
+    if address is not None:
+        address = PciAddress.parse(_str(address, f"{where}.address"), field=f"{where}.address")
+    pf = i.get("pf")
+    pf = _str(pf, f"{where}.pf") if pf is not None else None
+    vf_netdev = i.get("vf_netdev")
+    vf_netdev = _str(vf_netdev, f"{where}.vf_netdev") if vf_netdev is not None else None
+    try:
+        most, least = check_rate(i.get("max_tx_rate_mbps"), i.get("min_tx_rate_mbps"))
+    except InvalidInput as exc:
+        raise _bad(f"port {port}: {exc.message}", f"{where}.{exc.field}") from None
+    network, physnet = i.get("network"), i.get("physical_network")
+    out = PayloadInterface(
+        port=port, vnic_type=vnic, mac=mac, vlan=vlan, address=address, pf=pf,
+        vf_index=_optional_int(i.get("vf_index"), f"{where}.vf_index"), vf_netdev=vf_netdev,
+        managed=_bool(i, "managed", where, True), trusted=_bool(i, "trusted", where, False),
+        spoofchk=_bool(i, "spoofchk", where, True), max_tx_rate_mbps=most,
+        min_tx_rate_mbps=least,
+        network=_str(network, f"{where}.network") if network is not None else None,
+        physical_network=_str(physnet, f"{where}.physical_network")
+        if physnet is not None else None,
+    )
+    for key in _NEEDS[vnic]:
+        if getattr(out, key) is None:
+            raise _bad(f"{out.describe()} is not bound to a device this host can set up "
+                       f"({where}.{key} is missing)", f"{where}.{key}")
+    return out
+
+
+def interfaces(obj: Mapping[str, Any]) -> tuple[PayloadInterface, ...]:
+    """The payload's ``interfaces`` (absent or null: none), each checked; a port or a bound
+    address listed twice is refused."""
+    raw = _list(obj.get("interfaces") if obj.get("interfaces") is not None else [],
+                "interfaces")
+    out = tuple(_interface(x, f"interfaces[{n}]") for n, x in enumerate(raw))
+    ports: set[str] = set()
+    bound: set[PciAddress] = set()
+    for n, nic in enumerate(out):
+        if nic.port in ports:
+            raise _bad(f"port {nic.port} is listed twice", f"interfaces[{n}].port")
+        ports.add(nic.port)
+        if nic.address is not None:
+            if nic.address in bound:
+                raise _bad(f"device {nic.address} is bound to two ports",
+                           f"interfaces[{n}].address")
+            bound.add(nic.address)
     return out
 
 
@@ -246,13 +382,13 @@ def parse_spawn(obj: Any) -> SpawnPayload:
     return SpawnPayload(
         server=server, vcpus=vcpus, ram_mb=ram_mb, disk_gb=disk_gb, image_name=name,
         image_source=source, disk_format=fmt, devices=_devices(p, unit=True),
-        cells=_cells(p.get("numa"), vcpus),
+        cells=_cells(p.get("numa"), vcpus), interfaces=interfaces(p),
     )
 
 
 def parse_destroy(obj: Any) -> DestroyPayload:
     p = _object(obj, "payload")
-    return DestroyPayload(_server(p), _devices(p, unit=False))
+    return DestroyPayload(_server(p), _devices(p, unit=False), interfaces(p))
 
 
 # --- the guest ----------------------------------------------------------------------------
@@ -299,20 +435,49 @@ def _placement(cells: Sequence[PayloadCell],
     return NumaPlacement(tuple(out))
 
 
+def guest_interface(nic: PayloadInterface, *, where: str = "interfaces",
+                    normal_network: str = DEFAULT_NORMAL_NETWORK) -> Interface | None:
+    """The guest NIC a port becomes: the VF itself (``direct``), a macvtap on the VF's netdev
+    (``macvtap``), a virtio NIC on ``normal_network`` (``normal``); None for
+    ``direct-physical``, whose PF is among the payload's devices as a plain hostdev."""
+    if nic.vnic_type is VnicType.MACVTAP and nic.vf_netdev is None:
+        raise _bad(f"macvtap port {nic.port} is bound to VF {nic.address}, which has no "
+                   f"network device on this host to put a macvtap on ({where}.vf_netdev is "
+                   f"null)", f"{where}.vf_netdev")
+    try:
+        if nic.vnic_type is VnicType.DIRECT:
+            assert nic.address is not None   # the parser checked it
+            return HostdevInterface(nic.mac, nic.address, nic.vlan, nic.managed)
+        if nic.vnic_type is VnicType.MACVTAP:
+            assert nic.vf_netdev is not None
+            return DirectInterface(nic.mac, nic.vf_netdev, nic.vlan)
+        if nic.vnic_type is VnicType.NORMAL:
+            return NetworkInterface(nic.mac, normal_network)
+        return None
+    except InvalidInput as exc:
+        raise _bad(f"port {nic.port}: {exc.message}", f"{where}.{exc.field}") from None
+
+
 def domain_spec(p: SpawnPayload, *, host_cpus: Mapping[int, Sequence[int]], state_dir: Path,
-                virt_type: VirtType = VirtType.KVM) -> DomainSpec:
+                virt_type: VirtType = VirtType.KVM,
+                normal_network: str = DEFAULT_NORMAL_NETWORK) -> DomainSpec:
     numa = _placement(p.cells, host_cpus) if p.cells is not None else None
     disk = BootDisk(str(overlay_path(state_dir, p.server.id)), p.image_source, p.disk_format)
+    nics = [guest_interface(nic, where=f"interfaces[{n}]", normal_network=normal_network)
+            for n, nic in enumerate(p.interfaces)]
     try:
         return DomainSpec(name=domain_name(p.server.id), uuid=p.server.id, vcpus=p.vcpus,
                           memory_mb=p.ram_mb, disk=disk, hostdevs=hostdev_units(p.devices),
-                          numa=numa, virt_type=virt_type)
+                          numa=numa, interfaces=tuple(n for n in nics if n is not None),
+                          virt_type=virt_type)
     except InvalidInput as exc:
         raise _bad(exc.message, exc.field or "payload") from None
 
 
 def from_payload(payload: Any, *, host_cpus: Mapping[int, Sequence[int]], state_dir: Path,
-                 virt_type: VirtType = VirtType.KVM) -> DomainSpec:
-    """The guest a spawn payload asks for on this host (``host_cpus``: NUMA node → its CPUs)."""
+                 virt_type: VirtType = VirtType.KVM,
+                 normal_network: str = DEFAULT_NORMAL_NETWORK) -> DomainSpec:
+    """The guest a spawn payload asks for on this host (``host_cpus``: NUMA node → its CPUs;
+    ``normal_network``: the libvirt network ``normal`` ports are plugged into)."""
     return domain_spec(parse_spawn(payload), host_cpus=host_cpus, state_dir=state_dir,
-                       virt_type=virt_type)
+                       virt_type=virt_type, normal_network=normal_network)

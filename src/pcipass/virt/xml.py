@@ -25,6 +25,7 @@ from pcipass.virt.domain import (
     HostdevInterface,
     HostdevUnit,
     Interface,
+    NetworkInterface,
     format_cpuset,
 )
 
@@ -35,6 +36,7 @@ __all__ = [
     "direct_interface_element",
     "hostdev_elements",
     "hostdev_interface_element",
+    "network_interface_element",
     "parse_xml",
     "read_hostdevs",
 ]
@@ -103,10 +105,21 @@ def direct_interface_element(nic: DirectInterface) -> etree._Element:
     return iface
 
 
+def network_interface_element(nic: NetworkInterface) -> etree._Element:
+    """vnic type ``normal``: a virtio NIC on a libvirt network (the agent's ``normal_network``)."""
+    iface = etree.Element("interface", type="network")
+    _sub(iface, "mac", address=nic.mac)
+    _sub(iface, "source", network=nic.network)
+    _sub(iface, "model", type="virtio")
+    return iface
+
+
 def _interface_element(nic: Interface) -> etree._Element:
     if isinstance(nic, HostdevInterface):
         return hostdev_interface_element(nic)
-    return direct_interface_element(nic)
+    if isinstance(nic, DirectInterface):
+        return direct_interface_element(nic)
+    return network_interface_element(nic)
 
 
 def _numa(root: etree._Element, spec: DomainSpec) -> None:

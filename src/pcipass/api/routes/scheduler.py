@@ -17,4 +17,5 @@ router = APIRouter(tags=["scheduler"])
 def explain(caller: Admin, body: ExplainRequest, cloud: CloudDep) -> Any:
     """The sentence a failed boot's fault would carry, and why each host fits or not."""
     return explanation_view(cloud.explain(caller, flavor=body.flavor, image=body.image,
-                                          project=body.project))
+                                          project=body.project,
+                                          nics=[n.given() for n in body.nics]))

@@ -17,12 +17,14 @@ router = APIRouter(tags=["servers"])
 @router.post(
     "/servers", response_model=ServerOut, status_code=202,
     responses={400: {"model": ErrorOut, "description": "The image cannot drive an alias"},
-               403: {"model": ErrorOut, "description": "Over quota, or not allowed"}},
+               403: {"model": ErrorOut, "description": "Over quota, or not allowed"},
+               409: {"model": ErrorOut, "description": "A port is in use (port_in_use)"}},
 )
 def create_server(caller: User, body: ServerCreate, cloud: CloudDep) -> Any:
-    """BUILDING with a host and claimed devices, or ERROR with a fault saying why no host fits."""
+    """BUILDING with a host and claimed devices, or ERROR with a fault saying why no host fits.
+    `nics`: `{"net_id": N, "vnic_type": "direct"}` or `{"port_id": P}`, each a port."""
     made = cloud.create_server(caller, name=body.name, flavor=body.flavor, image=body.image,
-                               project=body.project)
+                               project=body.project, nics=[n.given() for n in body.nics])
     return server_view(made)
 
 

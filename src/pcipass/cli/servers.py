@@ -27,6 +27,7 @@ from pcipass.cli.common import (
     reported,
 )
 from pcipass.cli.networks import parse_nics
+from pcipass.net.port import port_alias
 from pcipass.records import ServerStatus
 
 server_app = typer.Typer(help="Servers: boot with devices, look, delete.", no_args_is_help=True)
@@ -69,8 +70,10 @@ def placement_line(obj: Mapping[str, Any]) -> str:
     if s.status is ServerStatus.ERROR:
         return f"server {s.name} is ERROR: {s.fault or 'no fault recorded'}"
     where = f" on {s.host}" if s.host else ""
-    devices = ", ".join(f"{d.address} ({d.alias or 'group mate'}, {d.state.value})"
-                        for d in s.devices)
+    ports = {port_alias(p.id): f"port {p.name or p.id}" for p in s.ports}
+    devices = ", ".join(
+        f"{d.address} ({ports.get(d.alias or '', d.alias or 'group mate')}, {d.state.value})"
+        for d in s.devices)
     held = f": {devices}" if devices else ", no PCI devices"
     line = f"server {s.name} is {s.status.value}{where}{held}"
     if s.not_granted:

@@ -345,7 +345,7 @@ def test_the_claim_binds_each_port_to_the_device_it_got(store: Store) -> None:
     check_invariants(store)
 
     active = store.complete_spawn(got.id)
-    assert [p.status for p in active.ports] == ["ACTIVE", "ACTIVE", "ACTIVE", "DOWN"]
+    assert [p.status for p in active.ports] == ["ACTIVE", "ACTIVE", "ACTIVE", "ACTIVE"]
     listed = store.list_servers(project="p1").items
     assert [s.ports for s in listed] == [active.ports]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pcipass.pci.address import PciAddress
 from pcipass.pci.device import DevType, HostInfo, PciDevice
@@ -66,6 +66,8 @@ class HostRecord:
     info: HostInfo
     last_report_at: datetime | None
     device_counts: dict[str, int] = field(default_factory=dict)
+    reserved: bool = False                # draining: nothing new is placed there
+    reserved_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +216,21 @@ class ServerRecord:
     created_at: datetime
     updated_at: datetime
     ports: tuple[PortRecord, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One step of a server's life: ``action`` ("create", "schedule", "spawn", ...) and its
+    ``outcome`` ("started", "done", "failed")."""
+
+    id: int
+    server_id: str
+    action: str
+    outcome: str
+    message: str | None
+    host: str | None
+    detail: dict[str, Any]
+    at: datetime
 
 
 @dataclass(frozen=True, slots=True)

@@ -230,6 +230,23 @@ class VfStore:
     def remove(self, server_id: str) -> None:
         self.file(server_id).unlink(missing_ok=True)
 
+    def add(self, server_id: str, vfs: Iterable[SavedVf]) -> None:
+        """Keep ``vfs`` with what the file holds already (a hot-plugged port's VF joins the
+        spawn's); a VF saved before keeps its first saved config."""
+        kept = {v.slot: v for v in self.load(server_id)}
+        for v in vfs:
+            kept.setdefault(v.slot, v)
+        self.save(server_id, kept.values())
+
+    def forget(self, server_id: str, slots: Iterable[VfSlot]) -> None:
+        """Drop the VFs in ``slots`` (restored); the file goes when none is left."""
+        gone = set(slots)
+        left = [v for v in self.load(server_id) if v.slot not in gone]
+        if left:
+            self.save(server_id, left)
+        else:
+            self.remove(server_id)
+
 
 # --- the programmer ---------------------------------------------------------------------------
 

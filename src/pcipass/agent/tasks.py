@@ -81,12 +81,18 @@ from pcipass.virt.driver import VirtDriver
 from pcipass.virt.overlay import DiskOverlays
 from pcipass.virt.payload import (
     DEFAULT_NORMAL_NETWORK,
+    ChangePayload,
+    PayloadInterface,
     SpawnPayload,
+    change_fragments,
     domain_name,
     domain_spec,
     overlay_path,
+    parse_change,
     parse_destroy,
     parse_spawn,
+    plugged_keys,
+    unmanaged_addresses,
 )
 from pcipass.virt.xml import build_domain_xml, read_hostdevs
 
@@ -107,6 +113,8 @@ BACKOFF_CAP_S = 30.0
 class Kind(StrEnum):
     SPAWN = "spawn"
     DESTROY = "destroy"
+    ATTACH = "attach"    # hot-plug devices or a port into a running server
+    DETACH = "detach"    # hot-unplug them
 
 
 class Phase(StrEnum):
@@ -555,6 +563,8 @@ class TaskRunner:
                         journal.id, exc.message)
             if journal.kind == Kind.SPAWN:
                 self._roll_back(journal)
+            elif journal.kind == Kind.ATTACH:
+                self._undo_attach(journal)
             self._save(replace(journal, phase=Phase.REPORTED, result=Result(
                 False, f"not runnable any more: {exc.message}"), updated_at=self.clock()))
             return False
@@ -568,6 +578,10 @@ class TaskRunner:
                 return self._spawn(journal)
             if journal.kind == Kind.DESTROY:
                 return self._destroy(journal)
+            if journal.kind == Kind.ATTACH:
+                return self._attach(journal)
+            if journal.kind == Kind.DETACH:
+                return self._detach(journal)
             return journal, Result(False, f"this agent cannot run {journal.kind!r} tasks")
         except Exception as exc:  # a bug must still end the task, not loop it
             if not isinstance(exc, errors.PcipassError):
@@ -577,6 +591,8 @@ class TaskRunner:
     def _give_up(self, journal: Journal) -> Result:
         if journal.kind == Kind.SPAWN:
             self._roll_back(journal)
+        elif journal.kind == Kind.ATTACH:
+            self._undo_attach(journal)
         return Result(False, f"the agent on {self.host} was interrupted {journal.attempts} "
                              f"times while running this {journal.kind}; gave up")
 
@@ -654,9 +670,9 @@ class TaskRunner:
                     for a in spec.unmanaged_addresses:
                         driver.nodedev_detach(a)
                 elif step is Step.PROGRAM_VFS:
-                    journal = self._program_vfs(journal, p)
+                    journal = self._program_vfs(journal, p.interfaces)
                 elif step is Step.BIND_SWITCH:
-                    journal = self._bind_switch(journal, p)
+                    journal = self._bind_switch(journal, p.interfaces)
                 elif step is Step.DEFINE:
                     driver.define(build_domain_xml(spec))
                 elif step is Step.START:
@@ -674,16 +690,17 @@ class TaskRunner:
             extra = f" (cleanup: {'; '.join(problems)})" if problems else ""
             return journal, Result(False, _message(exc) + extra)
 
-    def _program_vfs(self, journal: Journal, p: SpawnPayload) -> Journal:
+    def _program_vfs(self, journal: Journal, interfaces: Sequence[PayloadInterface]
+                     ) -> Journal:
         """Program each ``direct``/``macvtap`` port's VF. What a VF has is read and saved (in
         the journal and the server's VF file) before it is first programmed, so an agent
         killed in between still knows what to put back; a resumed spawn keeps the first
         saved config and programs again (a no-op for a VF already programmed)."""
-        nics = [nic for nic in p.interfaces if nic.is_vf]
+        nics = [nic for nic in interfaces if nic.is_vf]
         if not nics:
             return journal
         programmer = self.programmer
-        assert programmer is not None   # checked by _spawn before anything was touched
+        assert programmer is not None   # checked before anything was touched
         saved = {v.slot: v for v in journal.vfs}
         for nic in nics:
             slot = vf_slot(nic)
@@ -691,14 +708,15 @@ class TaskRunner:
                 saved[slot] = SavedVf(nic.port, slot, programmer.read(slot))
                 journal = self._save(replace(journal, vfs=tuple(saved.values()),
                                              updated_at=self.clock()))
-                self.vf_store.save(_server_key(journal.server_id), journal.vfs)
+                self.vf_store.add(_server_key(journal.server_id), journal.vfs)
             programmer.program(slot, vf_config(nic))
         return journal
 
-    def _bind_switch(self, journal: Journal, p: SpawnPayload) -> Journal:
+    def _bind_switch(self, journal: Journal, interfaces: Sequence[PayloadInterface]
+                     ) -> Journal:
         """Tell the switch about each SR-IOV port, journalled first so a rollback unbinds
         even a call the agent died in."""
-        for b in switch_bindings(p.interfaces):
+        for b in switch_bindings(interfaces):
             if b not in journal.bound:
                 journal = self._save(replace(journal, bound=(*journal.bound, b),
                                              updated_at=self.clock()))
@@ -725,7 +743,7 @@ class TaskRunner:
             return journal, problems
         if not problems:
             try:
-                self.vf_store.remove(_server_key(journal.server_id))
+                self.vf_store.forget(_server_key(journal.server_id), [v.slot for v in vfs])
             except (OSError, errors.PcipassError) as exc:
                 log.warning("cannot remove the VF file of server %s: %s", journal.server_id,
                             exc)
@@ -785,6 +803,126 @@ class TaskRunner:
             return journal, Result(False, "; ".join(problems))
         return journal, Result(True)
 
+    # -- hot attach and detach -------------------------------------------------------------
+
+    def _change(self, journal: Journal) -> tuple[ChangePayload, str]:
+        return parse_change(journal.payload), domain_name(journal.server_id)
+
+    def _affect(self, name: str) -> tuple[bool, bool]:
+        """(live, config) for a device change: the running guest if it runs, its definition
+        if it has one."""
+        seen = self._seen(name)
+        if not seen.exists:
+            raise errors.VirtError(f"server {name} has no domain on {self.host}",
+                                   operation="attach_device")
+        return seen.active, True
+
+    def _attach(self, journal: Journal) -> tuple[Journal, Result]:
+        """Plug the payload's functions and ports into the running domain. Every step is
+        idempotent (a resumed attach skips what the domain holds already): detach the
+        unmanaged functions (journalled first), save and program the ports' VFs, bind the
+        switch, attach each fragment. Any failure undoes what this task did and reports."""
+        p, name = self._change(journal)   # invalid payload: fails before touching anything
+        vf_ports = [nic for nic in p.interfaces if nic.is_vf]
+        if vf_ports and self.programmer is None:
+            return journal, Result(False, (
+                f"the agent on {self.host} has no VF programmer configured (start it with "
+                f"--sriov netlink, or --sriov fake for a simulated host); "
+                f"{vf_ports[0].describe()} needs its VF programmed"))
+        fragments = change_fragments(p, normal_network=self.normal_network)
+        driver = self.ensure_driver()
+        detach = {str(a) for a in _change_unmanaged(p)}
+        if detach - set(journal.detached):
+            journal = self._save(replace(journal, detached=tuple(
+                sorted({*journal.detached, *detach})), updated_at=self.clock()))
+        try:
+            live, config = self._affect(name)
+            for a in _addresses(detach):
+                driver.nodedev_detach(a)
+            journal = self._program_vfs(journal, p.interfaces)
+            journal = self._bind_switch(journal, p.interfaces)
+            plugged = plugged_keys(driver.get_xml(name))
+            for f in fragments:
+                if f.key not in plugged:
+                    driver.attach_device(name, f.xml, live=live, config=config)
+            return journal, Result(True, None, driver.get_xml(name))
+        except Exception as exc:  # the guest must not keep half an attach
+            log.warning("attach to server %s failed: %s; undoing it", journal.server_id,
+                        _message(exc))
+            journal = self.journals.load(journal.id) or journal
+            problems = self._undo_attach(journal)
+            extra = f" (cleanup: {'; '.join(problems)})" if problems else ""
+            return journal, Result(False, _message(exc) + extra)
+
+    def _undo_attach(self, journal: Journal) -> list[str]:
+        """Unplug what the attach plugged, give back its unmanaged functions, restore its
+        VFs, unbind the switch (best effort); the problems met."""
+        problems: list[str] = []
+        try:
+            p, name = self._change(journal)
+            fragments = change_fragments(p, normal_network=self.normal_network)
+        except errors.PcipassError as exc:
+            return [exc.message]
+        driver = self.ensure_driver()
+        try:
+            if driver.exists(name):
+                plugged = plugged_keys(driver.get_xml(name))
+                live, config = self._affect(name)
+                for f in fragments:
+                    if f.key in plugged:
+                        driver.detach_device(name, f.xml, live=live, config=config)
+        except errors.PcipassError as exc:
+            problems.append(exc.message)
+        for a in _addresses(journal.detached):
+            try:
+                driver.nodedev_reattach(a)
+            except errors.PcipassError as exc:
+                problems.append(exc.message)
+        _, released = self._release_ports(journal, journal.vfs, journal.bound, strict=False)
+        return problems + released
+
+    def _detach(self, journal: Journal) -> tuple[Journal, Result]:
+        """Unplug the payload's functions and ports (those the domain still holds), give the
+        unmanaged functions back, restore the ports' VFs (what was saved when they were
+        programmed, else :data:`FALLBACK_VF`) and unbind the switch. Each step is
+        idempotent; a failure stops there and reports (the devices stay the server's)."""
+        p, name = self._change(journal)
+        fragments = change_fragments(p, normal_network=self.normal_network)
+        driver = self.ensure_driver()
+        if not journal.vfs:
+            # What to put back, journalled before anything is restored (a resumed detach
+            # must still know once the server's VF file has forgotten these VFs).
+            saved = {v.slot: v for v in self.vf_store.load(_server_key(journal.server_id))}
+            mine = {}
+            for nic in p.interfaces:
+                if nic.is_vf and nic.pf is not None and nic.vf_index is not None:
+                    slot = vf_slot(nic)
+                    mine[slot] = saved.get(slot, SavedVf(nic.port, slot, FALLBACK_VF))
+            if mine:
+                journal = self._save(replace(journal, vfs=tuple(mine.values()),
+                                             updated_at=self.clock()))
+        reattach = {str(a) for a in _change_unmanaged(p)}
+        if reattach - set(journal.detached):
+            journal = self._save(replace(journal, detached=tuple(sorted(reattach)),
+                                         updated_at=self.clock()))
+        try:
+            if driver.exists(name):
+                plugged = plugged_keys(driver.get_xml(name))
+                live, config = self._affect(name)
+                for f in fragments:
+                    if f.key in plugged:
+                        driver.detach_device(name, f.xml, live=live, config=config)
+            for a in _addresses(journal.detached):
+                driver.nodedev_reattach(a)
+        except errors.PcipassError as exc:
+            return journal, Result(False, exc.message)
+        journal, problems = self._release_ports(journal, journal.vfs,
+                                                switch_bindings(p.interfaces), strict=True)
+        if problems:
+            return journal, Result(False, "; ".join(problems))
+        xml = driver.get_xml(name) if driver.exists(name) else None
+        return journal, Result(True, None, xml)
+
     def _teardown(self, name: str, detached: Sequence[PciAddress], overlay: str | Path | None,
                   *, strict: bool) -> list[str]:
         """Run :func:`teardown_plan`; the problems met, in words. ``strict`` stops at the first
@@ -829,6 +967,15 @@ def _server_key(server_id: str) -> str:
         return str(UUID(server_id))
     except ValueError:
         return server_id
+
+
+def _change_unmanaged(p: ChangePayload) -> tuple[PciAddress, ...]:
+    """The functions of a change the agent detaches and re-attaches itself: unmanaged
+    hostdevs and unmanaged ``direct`` ports' VFs."""
+    out = set(unmanaged_addresses(p.devices))
+    out |= {nic.address for nic in p.interfaces
+            if nic.vnic_type == "direct" and not nic.managed and nic.address is not None}
+    return tuple(sorted(out))
 
 
 def _addresses(texts: Iterable[str]) -> tuple[PciAddress, ...]:

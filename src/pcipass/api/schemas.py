@@ -97,6 +97,9 @@ class HostOut(BaseModel):
     numa_nodes: list[NumaNodeOut]
     last_report_at: datetime | None
     devices: dict[str, int] = Field(description='{"total": n, "<state>": n, ...}')
+    reserved: bool = Field(default=False,
+                           description="Draining: nothing new is placed on the host.")
+    reserved_reason: str | None = None
 
 
 class HostPage(BaseModel):
@@ -406,6 +409,15 @@ class ServerCreate(BaseModel):
     nics: list[NicIn] = Field(default_factory=list, max_length=64)
 
 
+class DeviceAttachIn(BaseModel):
+    """A hot-plug of devices of an alias, from the server's own host."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    alias: str = Field(min_length=1, description="The alias the devices must match.")
+    count: int = Field(default=1, ge=1, le=16, description="How many devices.")
+
+
 class ServerDeviceOut(BaseModel):
     address: str
     alias: str | None = Field(description="null: handed out with another (an IOMMU group mate).")
@@ -440,6 +452,41 @@ class ServerOut(BaseModel):
 class ServerPage(BaseModel):
     servers: list[ServerOut]
     next: str | None
+
+
+class EventOut(BaseModel):
+    id: int
+    server_id: str
+    action: str = Field(description='"create", "schedule", "spawn", "delete", "destroy", ...')
+    outcome: str = Field(description='"started", "done" or "failed".')
+    message: str | None
+    host: str | None
+    detail: dict[str, Any]
+    at: datetime
+
+
+class EventPage(BaseModel):
+    events: list[EventOut] = Field(description="Oldest first.")
+    next: str | None
+
+
+class HostReserveIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(default=None, max_length=1000,
+                               description="Why (shown with the host); unreserve ignores it.")
+
+
+class DrainServerOut(BaseModel):
+    server: ServerOut
+    live_migratable: bool = Field(description="Whether it could move live, device by device.")
+    blockers: list[str] = Field(description="What prevents a live migration, per device.")
+
+
+class DrainOut(BaseModel):
+    host: HostOut
+    servers: list[DrainServerOut]
+    note: str = Field(description='"live migration not yet available".')
 
 
 class ExplainRequest(BaseModel):

@@ -12,6 +12,7 @@ from pcipass.pci.alias import Alias, alias_entry_to_json
 from pcipass.pci.inventory import device_to_json, host_to_json
 from pcipass.records import (
     DeviceRecord,
+    EventRecord,
     FlavorRecord,
     HostRecord,
     ImageRecord,
@@ -27,6 +28,7 @@ from pcipass.records import (
     UsageRecord,
 )
 from pcipass.services import Explanation
+from pcipass.services.drain import DrainReport
 
 JSON = dict[str, Any]
 
@@ -42,6 +44,8 @@ def host_view(rec: HostRecord) -> JSON:
         "numa_nodes": info["numa_nodes"],
         "last_report_at": rec.last_report_at,
         "devices": {"total": rec.device_counts.get("total", sum(counts.values())), **counts},
+        "reserved": rec.reserved,
+        "reserved_reason": rec.reserved_reason,
     }
 
 
@@ -156,6 +160,18 @@ def server_view(rec: ServerRecord) -> JSON:
         "created_at": rec.created_at,
         "updated_at": rec.updated_at,
     }
+
+
+def event_view(rec: EventRecord) -> JSON:
+    return {"id": rec.id, "server_id": rec.server_id, "action": rec.action,
+            "outcome": rec.outcome, "message": rec.message, "host": rec.host,
+            "detail": dict(rec.detail), "at": rec.at}
+
+
+def drain_view(rep: DrainReport) -> JSON:
+    return {"host": host_view(rep.host), "note": rep.note,
+            "servers": [{"server": server_view(d.server), "live_migratable": d.live_migratable,
+                         "blockers": list(d.blockers)} for d in rep.servers]}
 
 
 def explanation_view(exp: Explanation) -> JSON:

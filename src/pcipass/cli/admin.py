@@ -11,7 +11,14 @@ from typing import Annotated
 import typer
 
 from pcipass.cli import render
-from pcipass.cli.client import ApiClient, Listing, device_record, host_record, pool_record
+from pcipass.cli.client import (
+    ApiClient,
+    Listing,
+    device_record,
+    host_record,
+    pool_record,
+    server_record,
+)
 from pcipass.cli.common import (
     DEFAULT_URL,
     EXIT_USAGE,
@@ -85,6 +92,51 @@ def host_show(host: Annotated[str, typer.Argument(help="Host name.")],
         print_json(obj)
         return
     console().print(render.host_view(host_record(obj)))
+
+
+def _set_host_reserved(host: str, reserved: bool, reason: str | None, url: str,
+                       token: str | None, as_json: bool) -> None:
+    with reported(), _client(url, token) as client:
+        obj = client.reserve_host(host, reserved, reason=reason)
+    if as_json:
+        print_json(obj)
+        return
+    rec = host_record(obj)
+    console().print(f"host {rec.name}: reserved={render.reserved_text(rec)}", highlight=False)
+
+
+@host_app.command("reserve")
+def host_reserve(host: Annotated[str, typer.Argument(help="Host name.")],
+                 reason: Annotated[str | None, typer.Option(
+                     "--reason", help="Why (shown with the host).")] = None,
+                 url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
+                 as_json: JsonOpt = False) -> None:
+    """Drain a host: nothing new is placed there; servers running there keep their devices
+    (see `host drain`)."""
+    _set_host_reserved(host, True, reason, url, token, as_json)
+
+
+@host_app.command("unreserve")
+def host_unreserve(host: Annotated[str, typer.Argument(help="Host name.")],
+                   url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
+                   as_json: JsonOpt = False) -> None:
+    """Take a reserved host back into service."""
+    _set_host_reserved(host, False, None, url, token, as_json)
+
+
+@host_app.command("drain")
+def host_drain(host: Annotated[str, typer.Argument(help="Host name.")],
+               url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
+               as_json: JsonOpt = False) -> None:
+    """List what still runs on a host (servers, devices, ports) and whether each could be
+    live-migrated, or what prevents it. Live migration itself is not yet available."""
+    with reported(), _client(url, token) as client:
+        obj = client.host_drain(host)
+    if as_json:
+        print_json(obj)
+        return
+    servers = [server_record(e["server"]) for e in obj.get("servers") or ()]
+    console().print(render.drain_view(obj, servers))
 
 
 # --- devices -----------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from pcipass.pci.inventory import parse_device, parse_host
 from pcipass.records import (
     DeviceRecord,
     DeviceState,
+    EventRecord,
     FlavorRecord,
     HostRecord,
     ImageRecord,
@@ -176,6 +177,19 @@ class ApiClient:
         result: JSON = self.request("GET", f"/v1/hosts/{_seg(name)}")
         return result
 
+    def reserve_host(self, host: str, reserved: bool, *, reason: str | None = None) -> JSON:
+        """Drain the host (nothing new placed there) or take it back into service."""
+        if reserved:
+            body = {"reason": reason} if reason is not None else None
+            result: JSON = self.request("POST", f"/v1/hosts/{_seg(host)}/reserve", body=body)
+        else:
+            result = self.request("POST", f"/v1/hosts/{_seg(host)}/unreserve")
+        return result
+
+    def host_drain(self, host: str) -> JSON:
+        """What still runs on the host, and whether each server could move live."""
+        return self._get(f"/v1/hosts/{_seg(host)}/drain")
+
     def put_inventory(self, host: str, generation: int | None, inventory: Mapping[str, Any]
                       ) -> JSON:
         body = {"generation": generation, **inventory}
@@ -283,9 +297,35 @@ class ApiClient:
     def server(self, ref: str) -> JSON:
         return self._get(f"/v1/servers/{_seg(ref)}")
 
+    def server_events(self, ref: str) -> list[JSON]:
+        """The server's action log, oldest first."""
+        return list(self._get(f"/v1/servers/{_seg(ref)}/events").get("events") or [])
+
     def delete_server(self, ref: str, *, force: bool = False) -> JSON:
         params = [("force", "true")] if force else []
         result: JSON = self.request("DELETE", f"/v1/servers/{_seg(ref)}", params=params)
+        return result
+
+    def attach_device(self, ref: str, *, alias: str, count: int = 1) -> JSON:
+        """Hot-plug ``count`` devices of ``alias`` from the server's own host."""
+        result: JSON = self.request("POST", f"/v1/servers/{_seg(ref)}/devices",
+                                    body={"alias": alias, "count": count})
+        return result
+
+    def detach_device(self, ref: str, address: str) -> JSON:
+        result: JSON = self.request(
+            "DELETE", f"/v1/servers/{_seg(ref)}/devices/{_seg(address)}")
+        return result
+
+    def attach_interface(self, ref: str, nic: Mapping[str, str]) -> JSON:
+        """``nic``: ``{"net_id": N, "vnic_type": T}`` or ``{"port_id": P}``."""
+        result: JSON = self.request("POST", f"/v1/servers/{_seg(ref)}/interfaces",
+                                    body=dict(nic))
+        return result
+
+    def detach_interface(self, ref: str, port: str) -> JSON:
+        result: JSON = self.request(
+            "DELETE", f"/v1/servers/{_seg(ref)}/interfaces/{_seg(port)}")
         return result
 
     def explain(self, *, flavor: str, image: str | None = None,
@@ -419,6 +459,8 @@ def host_record(obj: Mapping[str, Any]) -> HostRecord:
                          "numa_nodes": obj.get("numa_nodes")}),
         last_report_at=_datetime(obj.get("last_report_at")),
         device_counts={str(k): int(v) for k, v in counts.items()},
+        reserved=bool(obj.get("reserved")),
+        reserved_reason=obj.get("reserved_reason"),
     )
 
 
@@ -526,6 +568,15 @@ def server_record(obj: Mapping[str, Any]) -> ServerRecord:
         updated_at=_datetime(obj.get("updated_at")) or _EPOCH,
         ports=tuple(port_record(x) for x in obj.get("ports") or ()),
     )
+
+
+def event_record(obj: Mapping[str, Any]) -> EventRecord:
+    return EventRecord(
+        id=int(obj.get("id") or 0), server_id=str(obj.get("server_id") or ""),
+        action=str(obj.get("action") or ""), outcome=str(obj.get("outcome") or ""),
+        message=obj.get("message"), host=obj.get("host"),
+        detail=dict(obj.get("detail") or {}),
+        at=_datetime(obj.get("at")) or _EPOCH)
 
 
 def quota_record(obj: Mapping[str, Any]) -> QuotaRecord:

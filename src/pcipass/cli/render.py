@@ -20,6 +20,7 @@ from pcipass.pci.request import ALIAS_PREFERRED_SPEC, ALIAS_SPEC
 from pcipass.records import (
     DeviceRecord,
     DeviceState,
+    EventRecord,
     FlavorRecord,
     HostRecord,
     ImageRecord,
@@ -123,7 +124,7 @@ def _counts_text(counts: Mapping[str, int]) -> str:
 def hosts_table(hosts: Sequence[HostRecord], *, title: str = "Hosts") -> Table:
     table = Table(title=title, title_justify="left")
     for name in ("host", "generation", "CPUs", "memory MiB", "NUMA", "devices", "by state",
-                 "last report"):
+                 "last report", "reserved"):
         table.add_column(name, overflow="fold", no_wrap=name == "host")
     for h in hosts:
         table.add_row(
@@ -131,8 +132,16 @@ def hosts_table(hosts: Sequence[HostRecord], *, title: str = "Hosts") -> Table:
             str(len(h.info.numa_nodes)), str(h.device_counts.get("total", 0)),
             _counts_text(h.device_counts),
             h.last_report_at.isoformat(timespec="seconds") if h.last_report_at else "never",
+            reserved_text(h),
         )
     return table
+
+
+def reserved_text(h: HostRecord) -> str:
+    """``no``, or ``yes (draining)`` with the admin's reason."""
+    if not h.reserved:
+        return "no"
+    return "yes (draining)" + (f": {h.reserved_reason}" if h.reserved_reason else "")
 
 
 def host_view(h: HostRecord) -> RenderableType:
@@ -143,6 +152,7 @@ def host_view(h: HostRecord) -> RenderableType:
         ("last report", h.last_report_at.isoformat() if h.last_report_at else "never"),
         ("devices", str(h.device_counts.get("total", 0))),
         ("by state", _counts_text(h.device_counts)),
+        ("reserved", reserved_text(h)),
     ])
     nodes = Table(title="NUMA nodes", title_justify="left")
     for name in ("node", "CPUs", "memory MiB"):
@@ -402,6 +412,51 @@ def server_view(s: ServerRecord) -> RenderableType:
     if s.ports:
         parts.append(ports_table(s.ports, title="Ports", server=False))
     return Group(*parts)
+
+
+def _detail_text(detail: Mapping[str, Any]) -> str:
+    parts = []
+    for k, v in detail.items():
+        if isinstance(v, list):
+            v = ", ".join(str(x.get("address", x)) if isinstance(x, Mapping) else str(x)
+                          for x in v) or "-"
+        parts.append(f"{k}={v}")
+    return "; ".join(parts) or "-"
+
+
+def events_table(events: Sequence[EventRecord], *, title: str = "Events") -> Table:
+    """A server's action log, oldest first."""
+    table = Table(title=title, title_justify="left")
+    for name in ("at", "action", "outcome", "host", "message", "detail"):
+        table.add_column(name, overflow="fold", no_wrap=name in ("at", "action", "outcome"))
+    style = {"done": "green", "failed": "red", "started": "yellow"}
+    for e in events:
+        table.add_row(e.at.isoformat(timespec="seconds"), e.action,
+                      Text(e.outcome, style=style.get(e.outcome, "")), _opt(e.host),
+                      _opt(e.message), _detail_text(e.detail))
+    return table
+
+
+def drain_view(obj: Mapping[str, Any], servers: Sequence[ServerRecord]) -> RenderableType:
+    """``GET /v1/hosts/{host}/drain``: what still runs there, and whether each could move
+    live (``servers``: the entries' servers, parsed)."""
+    host = obj.get("host") or {}
+    head = Text(f"Host {host.get('name')}: reserved="
+                f"{'yes' if host.get('reserved') else 'no'}"
+                + (f" ({host.get('reserved_reason')})" if host.get("reserved_reason") else "")
+                + f"; {len(servers)} server{'s' if len(servers) != 1 else ''} still there")
+    table = Table(title="Servers on the host", title_justify="left")
+    for name in ("name", "id", "status", "devices", "ports", "live-migratable", "blockers"):
+        table.add_column(name, overflow="fold", no_wrap=name in ("name", "status"))
+    for entry, s in zip(obj.get("servers") or (), servers, strict=True):
+        ok = bool(entry.get("live_migratable"))
+        devices = ", ".join(f"{d.address} ({d.alias or 'group mate'})" for d in s.devices)
+        nics = ", ".join(f"{port_label(p)} {p.vnic_type}" for p in s.ports)
+        table.add_row(s.name, s.id, status_text(s.status), devices or "-", nics or "-",
+                      Text("yes" if ok else "no", style="green" if ok else "red"),
+                      "; ".join(str(b) for b in entry.get("blockers") or ()) or "-")
+    note = Text(str(obj.get("note") or "live migration not yet available"), style="dim")
+    return Group(head, table, note)
 
 
 # --- networks and ports ---------------------------------------------------------------------

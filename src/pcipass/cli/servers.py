@@ -14,7 +14,7 @@ from typing import Annotated, Any, Protocol
 import typer
 
 from pcipass.cli import render
-from pcipass.cli.client import JSON, ApiClient, fault_message, server_record
+from pcipass.cli.client import JSON, ApiClient, event_record, fault_message, server_record
 from pcipass.cli.common import (
     DEFAULT_URL,
     EXIT_ERROR,
@@ -166,6 +166,19 @@ def server_show(server: ServerArg, url: UrlOpt = DEFAULT_URL, token: TokenOpt = 
     _print_server(obj, as_json)
 
 
+@server_app.command("events")
+def server_events(server: ServerArg, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
+                  as_json: JsonOpt = False) -> None:
+    """A server's action log, oldest first: create, schedule, spawn, delete, destroy."""
+    with reported(), ApiClient(url, token) as client:
+        events = client.server_events(server)
+    if as_json:
+        print_json({"events": events, "next": None})
+        return
+    console().print(render.events_table([event_record(e) for e in events],
+                                        title=f"Events of server {server}"))
+
+
 @server_app.command("delete")
 def server_delete(
     server: ServerArg,
@@ -177,6 +190,70 @@ def server_delete(
     """Delete a server: DELETING until its host destroys it, then its devices are freed."""
     with reported(), ApiClient(url, token) as client:
         obj = client.delete_server(server, force=force)
+    _print_server(obj, as_json)
+
+
+@server_app.command("attach-device")
+def server_attach_device(
+    server: ServerArg,
+    alias: Annotated[str, typer.Option("--alias", help="The alias the devices must match.")],
+    count: Annotated[int, typer.Option("--count", min=1, help="How many devices.")] = 1,
+    url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Hot-plug devices of an alias into a running server, from its own host (it is never
+    moved): they show claimed until the host confirms, then allocated."""
+    with reported(), ApiClient(url, token) as client:
+        obj = client.attach_device(server, alias=alias, count=count)
+    _print_server(obj, as_json)
+
+
+@server_app.command("detach-device")
+def server_detach_device(
+    server: ServerArg,
+    address: Annotated[str, typer.Option("--address", help="The device's PCI address.")],
+    url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Hot-unplug a device (with its IOMMU unit); freed once the host confirms."""
+    with reported(), ApiClient(url, token) as client:
+        obj = client.detach_device(server, address)
+    _print_server(obj, as_json)
+
+
+@server_app.command("attach-interface")
+def server_attach_interface(
+    server: ServerArg,
+    net: Annotated[str | None, typer.Option(
+        "--net", help="Network name or id: a port is made for the server (deleted when "
+        "detached).", show_default=False)] = None,
+    vnic_type: Annotated[str | None, typer.Option(
+        "--vnic-type", help="normal, direct, macvtap or direct-physical (with --net).",
+        show_default=False)] = None,
+    port: Annotated[str | None, typer.Option(
+        "--port", help="An existing port of the project (name or id).",
+        show_default=False)] = None,
+    url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Hot-plug a port into a running server: its VF (or PF) from the server's own host."""
+    if (net is None) == (port is None):
+        fail("give exactly one of --net and --port")
+    nic = {"port_id": port} if port is not None else {"net_id": str(net)}
+    if vnic_type is not None:
+        nic["vnic_type"] = vnic_type
+    with reported(), ApiClient(url, token) as client:
+        obj = client.attach_interface(server, nic)
+    _print_server(obj, as_json)
+
+
+@server_app.command("detach-interface")
+def server_detach_interface(
+    server: ServerArg,
+    port: Annotated[str, typer.Option("--port", help="The port (name or id).")],
+    url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Hot-unplug a port: its VF restored and freed once the host confirms; a port made by
+    attach-interface --net is deleted."""
+    with reported(), ApiClient(url, token) as client:
+        obj = client.detach_interface(server, port)
     _print_server(obj, as_json)
 
 

@@ -50,6 +50,7 @@ class NoFitCode(StrEnum):
     PCI_NUMA = "pci_numa"                  # enough, but not where the NUMA policy allows
     PCI_TOGETHER = "pci_together"          # each request fits alone, not all at once
     SEARCH_LIMIT = "search_limit"          # gave up: the device search grew too large
+    HOST_RESERVED = "host_reserved"        # an admin reserved (is draining) the host
 
 
 @dataclass(frozen=True, slots=True)

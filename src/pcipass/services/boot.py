@@ -41,7 +41,7 @@ from pcipass.sched.snapshot import BootRequest, HostView
 from pcipass.sched.weigh import WeighPolicy, weigh
 from pcipass.store import Store
 from pcipass.store.candidates import Counts, Need
-from pcipass.store.claims import NewServer
+from pcipass.store.claims import NewServer, reserved_verdict
 
 # Hosts judged with ``fit`` per pass at most: past this, a boot that passes the SQL
 # narrowing everywhere but fits nowhere is refused, saying how many were not judged.
@@ -61,6 +61,7 @@ def count_verdicts(req: BootRequest, counts: Counts) -> list[tuple[int, NoFit]]:
         out.append((n, shortage_verdict("", r)))
     out.append((counts.vcpus, NoFit("", NoFitCode.VCPUS, "lacks vCPUs", "lack vCPUs")))
     out.append((counts.ram, NoFit("", NoFitCode.RAM, "lacks RAM", "lack RAM")))
+    out.append((counts.reserved, reserved_verdict("")))
     return [(n, v) for n, v in out if n]
 
 
@@ -262,7 +263,9 @@ class Placer:
                     f"{'host' if len(self.lost) == 1 else 'hosts'} ({hosts}); gave up after "
                     f"{self.max_attempts} attempts")
         counts = self.store.placement_counts(need, req.vcpus, req.ram_mb)
-        message = sentence(req, count_verdicts(req, counts), out.verdicts)
+        # A host reserved while this boot tried it is in the counts already.
+        verdicts = [v for v in out.verdicts if v.code is not NoFitCode.HOST_RESERVED]
+        message = sentence(req, count_verdicts(req, counts), verdicts)
         unjudged = counts.passed - out.examined
         if out.capped and unjudged > 0:
             message += (f"; {unjudged} more {'host' if unjudged == 1 else 'hosts'} with "

@@ -17,7 +17,9 @@ from pcipass.errors import InvalidInput, NotFound, PcipassError
 from pcipass.pci.alias import Alias, NumaPolicy
 from pcipass.pci.request import PciRequest, numa_node_count, pci_numa_policy, pci_requests
 from pcipass.records import (
+    EventRecord,
     FlavorRecord,
+    HostRecord,
     ImageRecord,
     Page,
     Principal,
@@ -28,11 +30,12 @@ from pcipass.records import (
 )
 from pcipass.sched.snapshot import BootRequest
 from pcipass.sched.weigh import WeighPolicy
-from pcipass.services import catalog
+from pcipass.services import catalog, drain
 from pcipass.services.access import ADMIN_PROJECT, acting_project, admin, tenant
+from pcipass.services.attach import AttachServices
 from pcipass.services.boot import Placer
 from pcipass.services.explain import Explanation, explain_boot
-from pcipass.services.networks import NetworkServices, nic_requests, planned_requests
+from pcipass.services.networks import nic_requests, planned_requests
 from pcipass.services.tasks import Tasks
 from pcipass.store import Store
 from pcipass.store.claims import NewServer
@@ -63,9 +66,10 @@ def quota_trim(req: BootRequest, project: str, limits: Mapping[str, int],
     return replace(req, pci=tuple(kept)), tuple(dropped)
 
 
-class Cloud(NetworkServices):
+class Cloud(AttachServices):
     """Aliases, flavors, images, networks, ports, servers, quotas and usage over one store
-    (networks and ports: :class:`~pcipass.services.networks.NetworkServices`)."""
+    (networks and ports: :class:`~pcipass.services.networks.NetworkServices`; hot attach and
+    detach: :class:`~pcipass.services.attach.AttachServices`)."""
 
     def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
@@ -226,6 +230,19 @@ class Cloud(NetworkServices):
 
     def get_server(self, p: Principal, ref: str) -> ServerRecord:
         return self.store.get_server(ref, project=tenant(p, "read servers"))
+
+    def server_events(self, p: Principal, ref: str) -> tuple[EventRecord, ...]:
+        """The server's action log, oldest first; another project's server is NotFound."""
+        return self.store.server_events(ref, project=tenant(p, "read servers"))
+
+    # --- draining hosts (admins) ----------------------------------------------------------
+
+    def reserve_host(self, p: Principal, host: str, reserved: bool,
+                     reason: str | None = None) -> HostRecord:
+        return drain.reserve_host(self.store, p, host, reserved, reason)
+
+    def drain_host(self, p: Principal, host: str) -> drain.DrainReport:
+        return drain.drain_report(self.store, p, host)
 
     def delete_server(self, p: Principal, ref: str, *, force: bool = False) -> ServerRecord:
         """Hand the server to its host to destroy (see :meth:`Tasks.delete_server`)."""

@@ -15,7 +15,7 @@ from pcipass.sched.snapshot import BootRequest
 from pcipass.sched.weigh import WeighPolicy, weigh
 from pcipass.services.boot import MAX_EXAMINED, count_verdicts, needs, sentence
 from pcipass.store import Store
-from pcipass.store.candidates import RAM, VCPUS
+from pcipass.store.candidates import RAM, RESERVED, VCPUS
 
 __all__ = ["Explanation", "HostVerdict", "explain_boot"]
 
@@ -82,3 +82,4 @@ def _sql_reasons(req: BootRequest) -> Iterator[tuple[int, str]]:
         yield i, f"lacks {r.count} free {r.alias!r} device{'s' if r.count > 1 else ''}"
     yield VCPUS, "lacks vCPUs"
     yield RAM, "lacks RAM"
+    yield RESERVED, "is reserved (draining)"

@@ -53,6 +53,7 @@ NO_PCI = -1    # codes of a host's first failing check, in the order sched.fit c
 VCPUS = -2
 RAM = -3
 PASSED = -4
+RESERVED = -5  # reserved by an admin (draining): checked before anything else
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +77,9 @@ def _free_ram() -> ColumnElement[int]:
 
 
 def _compute() -> ColumnElement[bool]:
-    return and_(_free_vcpus() >= bindparam("vcpus"), _free_ram() >= bindparam("ram"))
+    """The host takes new servers (not reserved) and has the vCPUs and RAM."""
+    return and_(~hosts.c.reserved, _free_vcpus() >= bindparam("vcpus"),
+                _free_ram() >= bindparam("ram"))
 
 
 def _sums(count: int) -> list[ColumnElement[Any]]:
@@ -208,6 +211,7 @@ class Counts:
     vcpus: int
     ram: int
     passed: int               # hosts the candidate query lets through
+    reserved: int = 0         # hosts reserved by an admin (draining), counted for nothing else
 
 
 def _code(needs: Sequence[Need], sums: Sequence[ColumnElement[Any]],
@@ -228,19 +232,22 @@ def _enough(shape: str) -> Any:
     code = case((_free_vcpus() < bindparam("vcpus"), VCPUS),
                 (_free_ram() < bindparam("ram"), RAM), else_=PASSED).label("code")
     return (select(code, func.count()).select_from(t.join(hosts, hosts.c.id == t.c.host_id))
-            .where(key == bindparam("kind"), t.c.usable >= bindparam("n0"))
+            .where(key == bindparam("kind"), t.c.usable >= bindparam("n0"), ~hosts.c.reserved)
             .group_by(code))
 
 
 def counts(conn: Connection, needs: Sequence[Need], vcpus: int, ram_mb: int, *,
            kind_set: int | None = None) -> Counts:
-    total = conn.execute(select(func.count()).select_from(hosts)).scalar_one()
+    everyone, reserved = conn.execute(select(
+        func.count(), func.coalesce(func.sum(case((hosts.c.reserved, 1), else_=0)), 0))
+        .select_from(hosts)).one()
+    total = everyone - reserved   # the hosts that take new servers
     lack = [0] * len(needs)
     by_code: dict[int, int] = {}
     if needs and any(not n.kind_ids for n in needs):
         first = next(i for i, n in enumerate(needs) if not n.kind_ids)
         lack[first] = total
-        return Counts(total, tuple(lack), 0, 0, 0)
+        return Counts(everyone, tuple(lack), 0, 0, 0, reserved)
     single = len(needs) == 1 and (len(needs[0].kind_ids) == 1 or kind_set is not None)
     if single:
         params = {**_params(needs), "vcpus": vcpus, "ram": ram_mb}
@@ -253,20 +260,20 @@ def counts(conn: Connection, needs: Sequence[Need], vcpus: int, ram_mb: int, *,
         agg = _aggregate(len(needs), having=False)
         code = _code(needs, [agg.c[f"f{i}"] for i in range(len(needs))], vcpus, ram_mb)
         inner = (select(code.label("code")).select_from(hosts)
-                 .join(agg, agg.c.host_id == hosts.c.id).subquery())
+                 .join(agg, agg.c.host_id == hosts.c.id).where(~hosts.c.reserved).subquery())
         by_code = dict(conn.execute(select(inner.c.code, func.count())
                                     .group_by(inner.c.code), _params(needs)).all())
         seen = sum(by_code.values())
         lack[0] += total - seen   # hosts without a single usable matching device
     else:
         code = _code((), (), vcpus, ram_mb)
-        inner = select(code.label("code")).select_from(hosts).subquery()
+        inner = select(code.label("code")).select_from(hosts).where(~hosts.c.reserved).subquery()
         by_code = dict(conn.execute(select(inner.c.code, func.count())
                                     .group_by(inner.c.code)).all())
     for i in range(len(needs)):
         lack[i] += by_code.get(i, 0) if not single else 0
-    return Counts(total, tuple(lack), by_code.get(VCPUS, 0), by_code.get(RAM, 0),
-                  by_code.get(PASSED, 0))
+    return Counts(everyone, tuple(lack), by_code.get(VCPUS, 0), by_code.get(RAM, 0),
+                  by_code.get(PASSED, 0), reserved)
 
 
 def host_codes(conn: Connection, needs: Sequence[Need], vcpus: int, ram_mb: int,
@@ -280,10 +287,11 @@ def host_codes(conn: Connection, needs: Sequence[Need], vcpus: int, ram_mb: int,
     if needs:
         agg = _aggregate(len(needs), having=False)
         code = _code(needs, [agg.c[f"f{i}"] for i in range(len(needs))], vcpus, ram_mb)
-        q = select(hosts.c.id, hosts.c.name, code).select_from(
-            hosts.outerjoin(agg, agg.c.host_id == hosts.c.id))
+        q = select(hosts.c.id, hosts.c.name, case((hosts.c.reserved, RESERVED), else_=code)
+                   ).select_from(hosts.outerjoin(agg, agg.c.host_id == hosts.c.id))
         params = _params(needs)
     else:
-        q = select(hosts.c.id, hosts.c.name, _code((), (), vcpus, ram_mb))
+        q = select(hosts.c.id, hosts.c.name, case((hosts.c.reserved, RESERVED),
+                                                  else_=_code((), (), vcpus, ram_mb)))
     return [(r[0], r[1], r[2]) for r in conn.execute(q.order_by(hosts.c.name).limit(limit),
                                                       params)]

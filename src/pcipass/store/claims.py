@@ -48,12 +48,13 @@ from pcipass.records import (
     ServerRecord,
     ServerStatus,
 )
-from pcipass.sched.fit import Fit, NoFit
+from pcipass.sched.fit import Fit, NoFit, NoFitCode
 from pcipass.sched.snapshot import HostView
 from pcipass.store import networks as _networks
 from pcipass.store import payloads as _payloads
 from pcipass.store.derive import Row as DeviceRow
 from pcipass.store.derive import Target, load_rows, write_host
+from pcipass.store.events import record_event
 from pcipass.store.facts import FactsCache
 from pcipass.store.hostviews import HOST_COLUMNS, host_view, tracked_views
 from pcipass.store.kinds import KindIds
@@ -111,11 +112,19 @@ def _server_values(s: NewServer, now: datetime) -> dict[str, Any]:
     }
 
 
+def create_detail(s: NewServer) -> dict[str, Any]:
+    """What a server's ``create`` event says it asked for."""
+    return {"flavor": s.flavor_name, "image": s.image_name, "nics": len(s.ports),
+            "requests": [f"{a}:{n}" + (" (soft)" if soft else "") for a, n, soft in s.requests]}
+
+
 def record_failure(conn: Connection, s: NewServer, fault: str, now: datetime) -> ServerRecord:
     """A server that could not be placed: ERROR, holding nothing, saying why."""
     conn.execute(insert(servers), {
         **_server_values(s, now), "status": ServerStatus.ERROR.value, "host_id": None,
         "fault": fault, "not_granted": list(s.not_granted), "numa_cells": []})
+    record_event(conn, s.id, "create", "done", None, now, detail=create_detail(s))
+    record_event(conn, s.id, "schedule", "failed", fault, now)
     return get_server(conn, s.id)
 
 
@@ -136,8 +145,14 @@ def recount_host(conn: Connection, host_id: int) -> None:
         used_vcpus=used_vcpus, used_ram_mb=used_ram, numa_used=per_node))
 
 
-_LOCK_HOST = (select(*HOST_COLUMNS).where(hosts.c.id == bindparam("host_id"))
-              .with_for_update(key_share=True))
+_LOCK_HOST = (select(*HOST_COLUMNS, hosts.c.reserved)
+              .where(hosts.c.id == bindparam("host_id")).with_for_update(key_share=True))
+
+
+def reserved_verdict(host: str) -> NoFit:
+    """A host an admin reserved (draining): it takes no new server."""
+    return NoFit(host, NoFitCode.HOST_RESERVED, "is reserved (draining)",
+                 "are reserved (draining)")
 _TAKE = (
     update(devices)
     .where(devices.c.id.in_(bindparam("b_ids", expanding=True)),
@@ -197,6 +212,9 @@ def claim(conn: Connection, s: NewServer, host_id: int, decide: Decide, kind_ids
     host = conn.execute(_LOCK_HOST, {"host_id": host_id}).first()
     if host is None:
         raise NotFound(f"host {host_id} vanished", field="host")
+    if host.reserved:
+        # Reserved after the narrowing read it: the reservation holds (same row lock).
+        return reserved_verdict(host.name)
     rows = load_rows(conn, host_id, cached=(facts, host.generation))
     ordered = sorted(rows.values(), key=lambda r: r.address)
     verdict = decide(host_view(host, tracked_views(r.tracked for r in ordered)))
@@ -259,6 +277,10 @@ def claim(conn: Connection, s: NewServer, host_id: int, decide: Decide, kind_ids
     conn.execute(insert(tasks), {"host_id": host_id, "server_id": s.id, "kind": "spawn",
                                  "payload": payload, "state": "queued", "created_at": now,
                                  "updated_at": now})
+    record_event(conn, s.id, "create", "done", None, now, detail=create_detail(s))
+    record_event(conn, s.id, "schedule", "done", None, now, host=host.name, detail={
+        "devices": [{"address": str(a), "alias": chosen[a]} for a in sorted(chosen)],
+        "numa_cells": list(verdict.cells), "not_granted": list(not_granted)})
     return ServerRecord(
         id=s.id, name=s.name, project=s.project, status=ServerStatus.BUILDING,
         flavor=s.flavor_name, image=s.image_name, host=host.name, devices=held,

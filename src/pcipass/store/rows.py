@@ -127,6 +127,8 @@ def to_host(row: Row[Any], counts: dict[str, int] | None = None) -> HostRecord:
         info=host_info(row),
         last_report_at=last,
         device_counts=counts if counts is not None else empty_counts(),
+        reserved=bool(m.get("reserved", False)),
+        reserved_reason=m.get("reserved_reason"),
     )
 
 

@@ -74,9 +74,10 @@ metadata = MetaData(naming_convention=NAMING)
 Id = BigInteger().with_variant(Integer(), "sqlite")
 Json = JSON().with_variant(JSONB(), "postgresql")
 STORED_STATES = tuple(s.value for s in DeviceState if s is not DeviceState.RESERVED)
-TASK_KINDS = ("spawn", "destroy")
+TASK_KINDS = ("spawn", "destroy", "attach", "detach")
 TASK_STATES = ("queued", "running", "done", "failed", "expired")
 SEGMENTATIONS = ("vlan", "flat")
+EVENT_OUTCOMES = ("started", "done", "failed")
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -126,6 +127,9 @@ hosts = Table(
     Column("pci_free", Integer, nullable=False, server_default="0"),
     # The version of the derivation rules the host's derived columns were computed with.
     Column("derived", Integer, nullable=False, server_default="0"),
+    # Draining (issue 6): nothing new is placed on a reserved host; what runs there stays.
+    Column("reserved", Boolean, nullable=False, server_default=text("false")),
+    Column("reserved_reason", Text, nullable=True),
     Index(None, "pci_free", "id"),
 )
 
@@ -427,4 +431,23 @@ ports = Table(
     UniqueConstraint("network_id", "mac"),
     Index(None, "server_id"),
     Index(None, "project"),
+)
+
+
+# --- issue 6: the per-server action log -----------------------------------------------------
+
+# One row per step of a server's life, written in the step's own transaction. No foreign key
+# to ``servers`` (see :mod:`pcipass.store.events`).
+server_events = Table(
+    "server_events", metadata,
+    Column("id", Id, primary_key=True),
+    Column("server_id", String(36), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("message", Text, nullable=True),
+    Column("host", String(253), nullable=True),
+    Column("detail", Json, nullable=False),
+    Column("at", UtcDateTime, nullable=False),
+    CheckConstraint(_in("outcome", EVENT_OUTCOMES), name="outcome"),
+    Index(None, "server_id", "at"),
 )

@@ -15,6 +15,7 @@ from pcipass.pci.inventory import Inventory
 from pcipass.records import (
     DeviceFilter,
     DeviceRecord,
+    EventRecord,
     FlavorRecord,
     HostRecord,
     ImageRecord,
@@ -32,10 +33,13 @@ from pcipass.records import (
 )
 from pcipass.sched.fit import Fit, NoFit
 from pcipass.sched.snapshot import HostView
+from pcipass.store import attach as _attach
 from pcipass.store import bulk as _bulk
 from pcipass.store import candidates as _candidates
 from pcipass.store import catalog as _catalog
 from pcipass.store import claims as _claims
+from pcipass.store import drain as _drain
+from pcipass.store import events as _events
 from pcipass.store import inventory as _inventory
 from pcipass.store import migrate as _migrate
 from pcipass.store import networks as _networks
@@ -43,6 +47,7 @@ from pcipass.store import queries as _queries
 from pcipass.store import servers as _servers
 from pcipass.store import tokens as _tokens
 from pcipass.store import usage as _usage
+from pcipass.store.attach import AttachDecide, DeviceAttach, PortAttach, Refused
 from pcipass.store.candidates import Candidate, Counts, Need
 from pcipass.store.claims import BootInputs, Decide, NewServer
 from pcipass.store.derive import change_device, refresh_hosts
@@ -130,6 +135,18 @@ class Store:
     def get_device(self, host: str, address: PciAddress) -> DeviceRecord:
         with self._tx.read() as conn:
             return _queries.get_device(conn, host, address)
+
+    def reserve_host(self, host: str, reserved: bool, *, reason: str | None = None
+                     ) -> HostRecord:
+        """Drain the host (nothing new is placed there) or take it back into service; what
+        runs there keeps its devices. See :mod:`pcipass.store.drain`."""
+        with self._tx.write() as conn:
+            return _drain.reserve_host(conn, host, reserved, reason, self._clock())
+
+    def drain_entries(self, host: str) -> tuple[HostRecord, tuple[_drain.DrainEntry, ...]]:
+        """The host and the servers still on it, with their devices' spec tags."""
+        with self._tx.read() as conn:
+            return _drain.drain_entries(conn, host)
 
     def set_reserved(self, host: str, address: PciAddress, reserved: bool) -> DeviceRecord:
         """Take a device out of service or put it back; its owner, if any, keeps it."""
@@ -378,6 +395,14 @@ class Store:
         with self._tx.read() as conn:
             return _servers.find_server(conn, ref, project)
 
+    def server_events(self, ref: str, *, project: str | None = None
+                      ) -> tuple[EventRecord, ...]:
+        """The server's action log, oldest first (``project``: only if it is that
+        project's, else NotFound)."""
+        with self._tx.read() as conn:
+            server = _servers.find_server(conn, ref, project)
+            return _events.list_events(conn, server.id)
+
     def list_servers(self, *, project: str | None = None, host: str | None = None,
                      status: ServerStatus | None = None, limit: int = 100,
                      marker: str | None = None) -> Page[ServerRecord]:
@@ -388,14 +413,21 @@ class Store:
     def delete_server(self, server_id: str) -> ServerRecord:
         """Free what the server holds and mark it DELETED; idempotent."""
         with self._tx.write() as conn:
-            return _claims.release(conn, server_id, ServerStatus.DELETED, None,
-                                   self._kind_ids, self._facts, self._clock())
+            now = self._clock()
+            server = _claims.release(conn, server_id, ServerStatus.DELETED, None,
+                                     self._kind_ids, self._facts, now)
+            _events.record_event(conn, server_id, "delete", "done", "freed at once", now,
+                                 host=server.host)
+            return server
 
     def complete_spawn(self, server_id: str) -> ServerRecord:
         """The host started the server: devices allocated, ACTIVE, metering starts."""
         with self._tx.write() as conn:
-            return _claims.complete_spawn(conn, server_id, self._kind_ids, self._facts,
-                                          self._clock())
+            now = self._clock()
+            server = _claims.complete_spawn(conn, server_id, self._kind_ids, self._facts, now)
+            _events.record_event(conn, server_id, "spawn", "done", None, now,
+                                 host=server.host)
+            return server
 
     def fail_spawn(self, server_id: str, message: str) -> ServerRecord:
         """The host could not start the server: claims freed, ERROR with the message."""
@@ -404,8 +436,34 @@ class Store:
             if server.status is not ServerStatus.BUILDING:
                 raise Conflict(f"server {server_id} is {server.status.value}, not BUILDING",
                                field="server")
+            now = self._clock()
+            _events.record_event(conn, server_id, "spawn", "failed", message, now,
+                                 host=server.host)
             return _claims.release(conn, server_id, ServerStatus.ERROR, message,
-                                   self._kind_ids, self._facts, self._clock())
+                                   self._kind_ids, self._facts, now)
+
+    # --- hot attach and detach (store.attach) -----------------------------------------------
+
+    def attach(self, server_id: str, what: DeviceAttach | PortAttach, decide: AttachDecide,
+               *, mac_prefix: str, rng: random.Random | None = None
+               ) -> ServerRecord | Refused:
+        """Claim devices (or a port's) for an ACTIVE server on its own host and queue the
+        attach task, in one transaction; a :class:`~pcipass.store.attach.Refused` (recorded
+        in the server's events) when the host has none that fit or the quota says no."""
+        with self._tx.write() as conn:
+            return _attach.attach(conn, server_id, what, decide, self._kind_ids, self._facts,
+                                  self._clock(), mac_prefix=mac_prefix, rng=rng)
+
+    def detach_device(self, server_id: str, address: PciAddress) -> ServerRecord:
+        """Queue the unplug of a device (and its IOMMU unit); freed when the host confirms."""
+        with self._tx.write() as conn:
+            return _attach.detach_device(conn, server_id, address, self._clock())
+
+    def detach_port(self, server_id: str, port: str, *, project: str | None = None
+                    ) -> ServerRecord:
+        """Queue the unplug of one of the server's ports; let go when the host confirms."""
+        with self._tx.write() as conn:
+            return _attach.detach_port(conn, server_id, port, project, self._clock())
 
     # --- quotas and usage -------------------------------------------------------------------
 

@@ -24,10 +24,12 @@ from sqlalchemy import Connection, select, update
 
 from pcipass.errors import Forbidden, NotFound, TaskNotRunnable
 from pcipass.records import ServerRecord, ServerStatus
+from pcipass.store import attach as _attach
 from pcipass.store import networks as _networks
 from pcipass.store import payloads as _payloads
 from pcipass.store.claims import _lock_server, complete_spawn, recount_host, release
 from pcipass.store.engine import Transactions
+from pcipass.store.events import record_event
 from pcipass.store.facts import FactsCache
 from pcipass.store.kinds import KindIds
 from pcipass.store.schema import devices, hosts, servers, tasks
@@ -134,6 +136,9 @@ def start(tx: Transactions, task_id: str, host: str | None, now: datetime,
         if moved.rowcount != 1:
             raise TaskNotRunnable(f"task {tid} is {task.state}: it must not run",
                                   field="task")
+        if task.state == "queued":   # not a restarted agent resuming it
+            record_event(conn, task.server_id, str(task.kind), "started", None, now,
+                         host=name)
         row = conn.execute(select(tasks).where(tasks.c.id == tid)).one()
     return _record(row, name, timeout)
 
@@ -151,11 +156,19 @@ def result(tx: Transactions, task_id: str, host: str | None, outcome: Outcome,
     open: finished already, or expired."""
     tid = _task_id(task_id)
     with tx.write() as conn:
-        task, _name = _lock_task(conn, tid, host)
+        task, name = _lock_task(conn, tid, host)
         message = outcome.message if not outcome.ok else None
         if not _move(conn, tid, "done" if outcome.ok else "failed", message, now):
             return False
         sid = task.server_id
+        if task.kind in ("attach", "detach"):
+            # Hot-plug: the server stays ACTIVE whatever the outcome (store.attach).
+            finish = _attach.finish_attach if task.kind == "attach" else _attach.finish_detach
+            finish(conn, task, outcome.ok, outcome.message, outcome.domain_xml, kind_ids,
+                   facts, now)
+            return True
+        record_event(conn, sid, str(task.kind), "done" if outcome.ok else "failed",
+                     outcome.message, now, host=name)
         status = conn.execute(select(servers.c.status).where(servers.c.id == sid)).scalar_one()
         if task.kind == "spawn":
             if outcome.ok and outcome.domain_xml is not None:
@@ -201,6 +214,8 @@ def expire(tx: Transactions, now: datetime, timeout: float, kind_ids: KindIds,
             if not _move(conn, tid, "expired", fault, now):
                 continue
             count += 1
+            record_event(conn, task.server_id, "spawn", "failed", fault, now, host=name,
+                         detail={"expired": True})
             status = conn.execute(select(servers.c.status)
                                   .where(servers.c.id == task.server_id)).scalar_one()
             if status == ServerStatus.BUILDING.value:
@@ -233,15 +248,24 @@ def delete(tx: Transactions, server_id: str, force: bool, kind_ids: KindIds,
     """
     with tx.write() as conn:
         server, host_id, _gen = _lock_server(conn, server_id)
-        if host_id is None:
-            return release(conn, server_id, ServerStatus.DELETED, None, kind_ids, facts, now)
-        if server.status == ServerStatus.DELETED.value:
+        if server.status == ServerStatus.DELETED.value and host_id is not None:
             return get_server(conn, server_id)
+        if server.status != ServerStatus.DELETED.value:
+            record_event(conn, server_id, "delete", "started", None, now,
+                         detail={"force": force})
+        if host_id is None:
+            if server.status != ServerStatus.DELETED.value:
+                record_event(conn, server_id, "delete", "done",
+                             "never placed on a host: deleted at once", now)
+            return release(conn, server_id, ServerStatus.DELETED, None, kind_ids, facts, now)
+        host_name = conn.execute(select(hosts.c.name).where(hosts.c.id == host_id)
+                                 ).scalar_one()
         # A spawn the host has not started never will: only a destroy is left to do.
-        conn.execute(update(tasks).where(tasks.c.server_id == server_id,
-                                         tasks.c.kind == "spawn", tasks.c.state == "queued")
-                     .values(state="failed", message="server deleted before its host "
-                             "started it", updated_at=now))
+        unstarted = "server deleted before its host started it"
+        if conn.execute(update(tasks).where(tasks.c.server_id == server_id,
+                                            tasks.c.kind == "spawn", tasks.c.state == "queued")
+                        .values(state="failed", message=unstarted, updated_at=now)).rowcount:
+            record_event(conn, server_id, "spawn", "failed", unstarted, now, host=host_name)
         pending = conn.execute(select(tasks.c.id).where(
             tasks.c.server_id == server_id, tasks.c.kind == "destroy",
             tasks.c.state.in_(OPEN)).limit(1)).first()
@@ -259,6 +283,11 @@ def delete(tx: Transactions, server_id: str, force: bool, kind_ids: KindIds,
                             .limit(1)).first()
         gone = force or (server.status == ServerStatus.ERROR.value and held is None)
         status = ServerStatus.DELETED if gone else ServerStatus.DELETING
+        if gone:
+            record_event(conn, server_id, "delete", "done",
+                         ("forced: deleted at once" if force else "its boot had failed")
+                         + ("; its devices are kept until the host confirms the domain is "
+                            "gone" if held is not None else ""), now, host=host_name)
         conn.execute(update(servers).where(servers.c.id == server_id).values(
             status=status.value, updated_at=now, generation=servers.c.generation + 1))
         if gone:

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+from lxml import etree
+
 from pcipass.errors import InvalidInput
 from pcipass.net.port import VnicType, check_rate, parse_mac, parse_vnic_type
 from pcipass.pci.address import PciAddress
@@ -33,25 +35,38 @@ from pcipass.virt.domain import (
     NumaPlacement,
     VirtType,
 )
+from pcipass.virt.xml import (
+    direct_interface_element,
+    hostdev_elements,
+    hostdev_interface_element,
+    network_interface_element,
+    parse_xml,
+    read_hostdevs,
+)
 
 __all__ = [
     "DEFAULT_NORMAL_NETWORK",
     "DISK_FORMAT_PROPERTY",
     "DOMAIN_PREFIX",
+    "ChangePayload",
     "DestroyPayload",
+    "Fragment",
     "PayloadCell",
     "PayloadDevice",
     "PayloadInterface",
     "ServerRef",
     "SpawnPayload",
+    "change_fragments",
     "domain_name",
     "domain_spec",
     "from_payload",
     "guest_interface",
     "interfaces",
     "overlay_path",
+    "parse_change",
     "parse_destroy",
     "parse_spawn",
+    "plugged_keys",
     "unmanaged_addresses",
 ]
 
@@ -205,6 +220,17 @@ class SpawnPayload:
 @dataclass(frozen=True, slots=True)
 class DestroyPayload:
     server: ServerRef
+    devices: tuple[PayloadDevice, ...]
+    interfaces: tuple[PayloadInterface, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ChangePayload:
+    """An ``attach`` or ``detach`` task: the functions to (un)plug as ``<hostdev>`` s and the
+    ports to (un)plug as ``<interface>`` s, on a running server."""
+
+    server: ServerRef
+    action: str
     devices: tuple[PayloadDevice, ...]
     interfaces: tuple[PayloadInterface, ...] = ()
 
@@ -391,6 +417,21 @@ def parse_destroy(obj: Any) -> DestroyPayload:
     return DestroyPayload(_server(p), _devices(p, unit=False), interfaces(p))
 
 
+CHANGE_ACTIONS = ("attach_device", "attach_interface", "detach_device", "detach_interface")
+
+
+def parse_change(obj: Any) -> ChangePayload:
+    """An attach or detach task's payload (see :mod:`pcipass.store.attach`), checked."""
+    p = _object(obj, "payload")
+    action = _str(_get(p, "action", ""), "action")
+    if action not in CHANGE_ACTIONS:
+        raise _bad(f"action {action!r} is not one of {', '.join(CHANGE_ACTIONS)}", "action")
+    out = ChangePayload(_server(p), action, _devices(p, unit=False), interfaces(p))
+    if not out.devices and not out.interfaces:
+        raise _bad("an attach or detach names no device and no interface", "devices")
+    return out
+
+
 # --- the guest ----------------------------------------------------------------------------
 
 def domain_name(server_id: UUID | str) -> str:
@@ -481,3 +522,55 @@ def from_payload(payload: Any, *, host_cpus: Mapping[int, Sequence[int]], state_
     ``normal_network``: the libvirt network ``normal`` ports are plugged into)."""
     return domain_spec(parse_spawn(payload), host_cpus=host_cpus, state_dir=state_dir,
                        virt_type=virt_type, normal_network=normal_network)
+
+
+# --- hot-plug -----------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Fragment:
+    """One device to plug into (or unplug from) a running domain: ``key`` is what names it
+    there (``pci:ADDRESS`` for a hostdev or a VF interface, ``mac:MAC`` for another
+    interface), ``xml`` the fragment for ``VirtDriver.attach_device``/``detach_device``."""
+
+    key: str
+    xml: str
+
+
+def _pci_key(address: PciAddress) -> str:
+    return f"pci:{address}"
+
+
+def change_fragments(p: ChangePayload, *,
+                     normal_network: str = DEFAULT_NORMAL_NETWORK) -> tuple[Fragment, ...]:
+    """The hot-plug fragments of a change: each function its own ``<hostdev>`` (libvirt
+    picks a free hot-pluggable slot; it cannot hot-plug a multi-function slot), then each
+    port's ``<interface>`` (a ``direct-physical`` port's PF is among the devices)."""
+    out = []
+    for d in p.devices:
+        (el,) = hostdev_elements(HostdevUnit((d.address,), managed=d.managed), 0)
+        for guest in el.findall("address"):
+            el.remove(guest)   # the guest slot is libvirt's to choose on a hot-plug
+        out.append(Fragment(_pci_key(d.address), etree.tostring(el, encoding="unicode")))
+    for n, nic in enumerate(p.interfaces):
+        iface = guest_interface(nic, where=f"interfaces[{n}]", normal_network=normal_network)
+        if iface is None:
+            continue
+        if isinstance(iface, HostdevInterface):
+            key, el = _pci_key(iface.address), hostdev_interface_element(iface)
+        elif isinstance(iface, DirectInterface):
+            key, el = f"mac:{iface.mac.lower()}", direct_interface_element(iface)
+        else:
+            key, el = f"mac:{iface.mac.lower()}", network_interface_element(iface)
+        out.append(Fragment(key, etree.tostring(el, encoding="unicode")))
+    return tuple(out)
+
+
+def plugged_keys(domain_xml: str) -> frozenset[str]:
+    """The :attr:`Fragment.key` s a domain holds now (from its XML)."""
+    root = parse_xml(domain_xml)
+    keys = {_pci_key(h.host) for h in read_hostdevs(root, interfaces=True)}
+    for iface in root.iterfind("devices/interface"):
+        mac = iface.find("mac")
+        if mac is not None and mac.get("address"):
+            keys.add(f"mac:{str(mac.get('address')).lower()}")
+    return frozenset(keys)

@@ -7,10 +7,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 
-from pcipass.api.auth import Admin, HostCaller, StoreDep
+from pcipass.api.auth import Admin, CloudDep, HostCaller, StoreDep
 from pcipass.api.reports import REPORT_SCHEMA_REF, parse_report, raw_body
-from pcipass.api.schemas import ErrorOut, HostOut, HostPage, ReportOut
-from pcipass.api.views import host_view, report_view
+from pcipass.api.schemas import DrainOut, ErrorOut, HostOut, HostPage, HostReserveIn, ReportOut
+from pcipass.api.views import drain_view, host_view, report_view
 
 router = APIRouter(tags=["hosts"])
 
@@ -28,6 +28,33 @@ def list_hosts(caller: Admin, store: StoreDep, limit: Limit = 100,
 @router.get("/hosts/{host}", response_model=HostOut)
 def get_host(host: str, caller: HostCaller, store: StoreDep) -> Any:
     return host_view(store.get_host(host))
+
+
+@router.post("/hosts/{host}/reserve", response_model=HostOut,
+             responses={404: {"model": ErrorOut, "description": "No such host"}})
+def reserve_host(host: str, caller: Admin, cloud: CloudDep,
+                 body: HostReserveIn | None = None) -> Any:
+    """Drain the host: nothing new is placed there; servers running there keep their
+    devices. Optional body `{"reason": "..."}`. Idempotent (a second call updates the
+    reason)."""
+    reason = body.reason if body is not None else None
+    return host_view(cloud.reserve_host(caller, host, True, reason))
+
+
+@router.post("/hosts/{host}/unreserve", response_model=HostOut,
+             responses={404: {"model": ErrorOut, "description": "No such host"}})
+def unreserve_host(host: str, caller: Admin, cloud: CloudDep) -> Any:
+    """Take the host back into service (the reason is cleared). Idempotent."""
+    return host_view(cloud.reserve_host(caller, host, False))
+
+
+@router.get("/hosts/{host}/drain", response_model=DrainOut,
+            responses={404: {"model": ErrorOut, "description": "No such host"}})
+def drain_host(host: str, caller: Admin, cloud: CloudDep) -> Any:
+    """What still runs on the host (servers with their devices and ports) and, per server,
+    whether it could be live-migrated or what prevents it. Live migration itself is not
+    yet available."""
+    return drain_view(cloud.drain_host(caller, host))
 
 
 @router.put(

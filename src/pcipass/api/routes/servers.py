@@ -7,8 +7,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from pcipass.api.auth import CloudDep, User
-from pcipass.api.schemas import ErrorOut, ServerCreate, ServerOut, ServerPage
-from pcipass.api.views import server_view
+from pcipass.api.schemas import (
+    DeviceAttachIn,
+    ErrorOut,
+    EventPage,
+    NicIn,
+    ServerCreate,
+    ServerOut,
+    ServerPage,
+)
+from pcipass.api.views import event_view, server_view
 from pcipass.records import ServerStatus
 
 router = APIRouter(tags=["servers"])
@@ -45,7 +53,56 @@ def get_server(ref: str, caller: User, cloud: CloudDep) -> Any:
     return server_view(cloud.get_server(caller, ref))
 
 
+@router.get("/servers/{ref}/events", response_model=EventPage,
+            responses={404: {"model": ErrorOut, "description": "No such server (in the "
+                             "caller's project)"}})
+def server_events(ref: str, caller: User, cloud: CloudDep) -> Any:
+    """The server's action log, oldest first: create, schedule, spawn, delete, destroy..."""
+    return {"events": [event_view(e) for e in cloud.server_events(caller, ref)], "next": None}
+
+
 @router.delete("/servers/{ref}", response_model=ServerOut, status_code=202)
 def delete_server(ref: str, caller: User, cloud: CloudDep, force: bool = False) -> Any:
     """Frees the server's claims; the reply is the server as it is left."""
     return server_view(cloud.delete_server(caller, ref, force=force))
+
+
+# --- hot attach and detach ---------------------------------------------------------------------
+
+_CHANGE_ERRORS: dict[int | str, dict[str, Any]] = {
+    403: {"model": ErrorOut, "description": "Over quota (quota_exceeded), or not allowed"},
+    404: {"model": ErrorOut, "description": "No such server (or not the caller's), alias, "
+          "device or port"},
+    409: {"model": ErrorOut, "description": "The server is not ACTIVE (server_not_active), "
+          "its host has no free device that fits (no_free_device), a port is in use"},
+}
+
+
+@router.post("/servers/{ref}/devices", response_model=ServerOut, status_code=202,
+             responses=_CHANGE_ERRORS)
+def attach_device(ref: str, caller: User, body: DeviceAttachIn, cloud: CloudDep) -> Any:
+    """Claim `count` devices of `alias` on the server's own host and hot-plug them: they show
+    `claimed` until its agent confirms (`allocated`); the server stays ACTIVE."""
+    return server_view(cloud.attach_device(caller, ref, alias=body.alias, count=body.count))
+
+
+@router.delete("/servers/{ref}/devices/{address}", response_model=ServerOut, status_code=202,
+               responses=_CHANGE_ERRORS)
+def detach_device(ref: str, address: str, caller: User, cloud: CloudDep) -> Any:
+    """Hot-unplug a device (with its IOMMU unit); freed when the server's agent confirms."""
+    return server_view(cloud.detach_device(caller, ref, address=address))
+
+
+@router.post("/servers/{ref}/interfaces", response_model=ServerOut, status_code=202,
+             responses=_CHANGE_ERRORS)
+def attach_interface(ref: str, caller: User, body: NicIn, cloud: CloudDep) -> Any:
+    """`{"net_id": N, "vnic_type": T}` (a port made for the server, deleted on detach) or
+    `{"port_id": P}`: its VF (or PF) claimed on the server's host and hot-plugged."""
+    return server_view(cloud.attach_interface(caller, ref, body.given()))
+
+
+@router.delete("/servers/{ref}/interfaces/{port}", response_model=ServerOut, status_code=202,
+               responses=_CHANGE_ERRORS)
+def detach_interface(ref: str, port: str, caller: User, cloud: CloudDep) -> Any:
+    """Hot-unplug a port; its VF is restored and freed when the server's agent confirms."""
+    return server_view(cloud.detach_interface(caller, ref, port=port))

@@ -57,7 +57,11 @@ SCALE_SPEC = [{"vendor_id": "8086", "product_id": "1889", "physical_network": "p
 FLEET = (("gpu-server", 25), ("gpu8-server", 10), ("sriov-nic-server", 25),
          ("sriov-scale", 25), ("storage-server", 10), ("vmd-host", 5))
 # (flavor, share of the boots)
-BOOTS = (("gpu1", 30), ("gpu8-numa", 5), ("vf1", 35), ("plain", 25), ("a100x16", 5))
+BOOTS = (("gpu1", 30), ("gpu8-numa", 5), ("vf1", 25), ("nic-direct", 10), ("plain", 25),
+         ("a100x16", 5))
+# Boots that bring their devices as SR-IOV ports rather than flavor aliases: the flavor the
+# boot uses and its NICs (a port made per boot on a VLAN network of physnet1).
+NIC_BOOTS = {"nic-direct": ("plain", ({"net_id": "bench-net", "vnic_type": "direct"},))}
 ALIASES = [
     {"name": "gpu", "vendor_id": "10de", "product_id": "20f1", "device_type": "type-PCI"},
     {"name": "gpu", "vendor_id": "10de", "product_id": "2230", "device_type": "type-PCI"},
@@ -137,6 +141,8 @@ def setup(url: str, hosts: int, work: Path) -> dict[str, Any]:
                                 extra_specs=specs)
         cloud.create_image(ADMIN, name="bench", source="/var/lib/images/bench.qcow2",
                            properties={})
+        cloud.create_network(ADMIN, name="bench-net", physical_network="physnet1",
+                             segmentation="vlan", segmentation_id=100)
         return {"devices": devices, "load_s": load_s}
     finally:
         store.close()
@@ -150,7 +156,9 @@ def worker(url: str, flavors: Sequence[str], barrier: Any, results: Any) -> None
         barrier.wait(timeout=600)
         for i, flavor in enumerate(flavors):
             started = time.perf_counter()
-            server = cloud.create_server(ADMIN, name=f"b{i}", flavor=flavor, image="bench")
+            real, nics = NIC_BOOTS.get(flavor, (flavor, ()))
+            server = cloud.create_server(ADMIN, name=f"b{i}", flavor=real, image="bench",
+                                         nics=nics)
             out.append((flavor, server.status.value, time.perf_counter() - started))
     finally:
         store.close()

@@ -20,7 +20,7 @@ from fleet import (
     report,
     settings,
 )
-from pcipass.errors import Conflict, NotFound, QuotaExceeded
+from pcipass.errors import AliasNotSupportedByImage, Conflict, NotFound, QuotaExceeded
 from pcipass.records import DeviceFilter, DeviceState, Principal, Role, ServerRecord, ServerStatus
 from pcipass.services import Cloud
 from pcipass.store import Store
@@ -348,3 +348,18 @@ def test_no_free_vf_on_the_host_refuses_the_interface_and_makes_no_port(
         cloud.attach_interface(P1, "vm", {"net_id": "far", "vnic_type": "direct"})
     assert err.value.code == "no_free_device" and "sriov-1" in err.value.message
     assert [p.network for p in cloud.list_ports(P1)] == ["net1"]
+
+
+def test_attach_refuses_an_alias_the_servers_image_cannot_drive(store: Store,
+                                                                cloud: Cloud) -> None:
+    cloud.create_image(ADMIN, name="plain-os", source="/images/plain.qcow2",
+                       properties={"hw_pci_supported_aliases": ""})
+    s = cloud.create_server(P1, name="nogpu", flavor="plain", image="plain-os")
+    assert s.host is not None
+    run_tasks(cloud, s.host)
+    with pytest.raises(AliasNotSupportedByImage) as caught:
+        cloud.attach_device(P1, "nogpu", alias="gpu")
+    assert caught.value.field == "alias" and "'plain-os'" in caught.value.message
+    got = cloud.get_server(ADMIN, s.id)
+    assert got.devices == () and got.status is ServerStatus.ACTIVE
+    assert not [t for t in cloud.tasks.poll(agent(s.host), s.host) if t.kind == "attach"]

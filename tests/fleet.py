@@ -31,10 +31,12 @@ from pcipass.services import Cloud
 from pcipass.store import Store
 from pcipass.store.derive import Target, derive, kind_usable, load_rows, recount
 from pcipass.store.schema import (
+    devices,
     host_kind_sets,
     host_kinds,
     hosts,
     kind_sets,
+    moves,
     pool_kinds,
     pools,
     servers,
@@ -42,7 +44,25 @@ from pcipass.store.schema import (
 
 T0 = datetime(2024, 11, 26, 12, 0, tzinfo=UTC)
 ADMIN = Principal("admin-token", Role.ADMIN)
-LIVE = (ServerStatus.BUILDING, ServerStatus.ACTIVE, ServerStatus.DELETING)
+LIVE = (ServerStatus.BUILDING, ServerStatus.ACTIVE, ServerStatus.DELETING,
+        ServerStatus.RESIZE, ServerStatus.MIGRATING, ServerStatus.VERIFY_RESIZE)
+OPEN_MOVES = ("claimed", "moving", "verify", "confirming", "reverting")
+
+
+def current_mark(move: Any) -> int | None:
+    """The ``devices.move_id`` of the side a moving server's row describes (the other side's
+    devices carry the other value): the destination's devices keep the move's id until the
+    move is confirmed, when the marks swap."""
+    return int(move.id) if move.on_dest and move.status in ("verify", "reverting") else None
+
+
+def other_side(move: Any) -> tuple[int, dict[str, Any]] | None:
+    """The host and values of a move's side that the server row does not describe, while it
+    still holds devices (and vCPUs and RAM) there."""
+    if move.status not in OPEN_MOVES or (move.status == "reverting" and not move.on_dest):
+        return None
+    return ((move.source_host_id, move.source) if move.on_dest
+            else (move.dest_host_id, move.dest))
 
 
 def member(project: str) -> Principal:
@@ -175,14 +195,21 @@ def check_invariants(store: Store) -> None:
 
     every device has at most one owner, and only a live server owns devices; every live
     server holds exactly what it asked for (hard and granted soft requests) and nothing
-    else; dependants, reasons and pool counts are what ``derive`` says; hosts' vCPU, RAM and
-    ``pci_free`` counters equal the sum over their live servers and pools; every server in
-    ERROR says why.
+    else, on its host; a moving server holds, besides, exactly what its move's other side
+    asked for, on that side's host, told apart by ``devices.move_id`` (no device carries a
+    move id outside an open move); dependants, reasons and pool counts are what ``derive``
+    says; hosts' vCPU, RAM and ``pci_free`` counters equal the sum over their live servers
+    (and moves' other sides) and pools; every server in ERROR says why.
     """
     with store._tx.read() as conn:
         server_rows = {r.id: r for r in conn.execute(select(servers))}
         host_rows = list(conn.execute(select(hosts)))
         owned: Counter[tuple[str, str]] = Counter()
+        owned_other: Counter[tuple[str, str]] = Counter()
+        move_of = dict(conn.execute(select(devices.c.id, devices.c.move_id)).all())
+        open_rows = list(conn.execute(select(moves).where(moves.c.status.in_(OPEN_MOVES))))
+        open_moves = {r.server_id: r for r in open_rows}
+        assert len(open_moves) == len(open_rows), "a server with two open moves"
         for h in host_rows:
             rows = load_rows(conn, h.id)
             derived = derive([Target(r.tracked, r.owner_alias) for r in
@@ -196,11 +223,22 @@ def check_invariants(store: Store) -> None:
                     server = server_rows.get(owner)
                     assert server is not None, f"{d.address} owned by unknown {owner}"
                     assert ServerStatus(server.status) in LIVE, (owner, server.status)
-                    assert server.host_id == h.id, (owner, h.name)
+                    mv = open_moves.get(owner)
+                    mark = move_of[stored.id]
+                    if mv is None or mark == current_mark(mv):
+                        assert mv is not None or mark is None, (owner, d.address, mark)
+                        assert server.host_id == h.id, (owner, h.name)
+                        side = owned
+                    else:
+                        assert mark in (None, mv.id), (owner, d.address, mark)
+                        held = other_side(mv)
+                        assert held is not None and held[0] == h.id, (owner, h.name, mv.status)
+                        side = owned_other
                     if stored.owner_alias is not None:
-                        owned[(owner, stored.owner_alias)] += 1
+                        side[(owner, stored.owner_alias)] += 1
                 else:
                     assert stored.owner_alias is None
+                    assert move_of[stored.id] is None, (h.name, d.address)
                     assert d.tracked.state not in (DeviceState.CLAIMED, DeviceState.ALLOCATED)
             counts = recount(derived)
             kept = {r.key: (r.total, r.free, r.usable, r.kind) for r in conn.execute(
@@ -225,14 +263,17 @@ def check_invariants(store: Store) -> None:
             for set_id, kinds in conn.execute(select(kind_sets.c.id, kind_sets.c.kind_ids)):
                 assert sums.get(set_id, 0) == sum(usable_by_id.get(k, 0) for k in kinds), (
                     h.name, kinds)
-            live = [s for s in server_rows.values()
+            live = [(s.vcpus, s.ram_mb, s.numa_cells) for s in server_rows.values()
                     if s.host_id == h.id and ServerStatus(s.status) in LIVE]
-            assert h.used_vcpus == sum(s.vcpus for s in live), h.name
-            assert h.used_ram_mb == sum(s.ram_mb for s in live), h.name
+            live += [(side["vcpus"], side["ram_mb"], side["numa_cells"])
+                     for mv in open_moves.values() for held in [other_side(mv)]
+                     if held is not None and held[0] == h.id for side in [held[1]]]
+            assert h.used_vcpus == sum(v for v, _r, _c in live), h.name
+            assert h.used_ram_mb == sum(r for _v, r, _c in live), h.name
             per_node: Counter[str] = Counter()
-            for s in live:
-                for cell in s.numa_cells:
-                    per_node[str(cell)] += s.vcpus // len(s.numa_cells)
+            for vcpus, _ram, cells in live:
+                for cell in cells:
+                    per_node[str(cell)] += vcpus // len(cells)
             assert {k: v[0] for k, v in h.numa_used.items() if v[0]} == dict(per_node)
     for s in server_rows.values():
         status = ServerStatus(s.status)
@@ -248,6 +289,23 @@ def check_invariants(store: Store) -> None:
                 wanted[alias] += count
         got = Counter({alias: n for (owner, alias), n in owned.items() if owner == s.id})
         assert got == wanted, (s.id, s.status, dict(got), dict(wanted))
+        mv = open_moves.get(s.id)
+        held = other_side(mv) if mv is not None else None
+        wanted_other = _wanted(held[1]["requests"], held[1]["not_granted"]) if held else Counter()
+        got_other = Counter({alias: n for (owner, alias), n in owned_other.items()
+                             if owner == s.id})
+        assert got_other == wanted_other, (s.id, s.status, dict(got_other), dict(wanted_other))
+
+
+def _wanted(requests: Iterable[Sequence[Any]], not_granted: Iterable[str]) -> Counter[str]:
+    skipped = Counter(str(x) for x in not_granted)
+    wanted: Counter[str] = Counter()
+    for alias, count, soft in requests:
+        if soft and skipped[f"{count} x {alias}"]:
+            skipped[f"{count} x {alias}"] -= 1
+            continue
+        wanted[alias] += count
+    return wanted
 
 
 def statuses(records: Iterable[Any]) -> list[str]:

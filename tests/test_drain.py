@@ -24,7 +24,7 @@ from pcipass.sched.fit import NoFit, NoFitCode, fit
 from pcipass.sched.snapshot import BootRequest
 from pcipass.services import Cloud
 from pcipass.services.boot import Placer, needs
-from pcipass.services.drain import NOT_YET
+from pcipass.services.drain import DRAIN_HINT
 from pcipass.store import Store
 from pcipass.store.candidates import Candidate, Need
 from pcipass.store.claims import NewServer
@@ -205,8 +205,12 @@ def mixed(store: Store) -> Cloud:
         vf("0000:86:00.2", "0000:86:00.0", group=22),
         pf("0000:af:00.0", group=30, assignable=True, vfs=0),
     ))
-    catalog(c, {"g1": {"pci_passthrough:alias": "gpu:1"},
-                "live": {"pci_passthrough:alias": "a6000:1"}, "plain": {}})
+    catalog(c, {"g1": {"pci_passthrough:alias": "gpu:1"}, "plain": {}})
+    # Live-migratable only when both the alias and the device spec say so.
+    c.create_aliases(ADMIN, [{"name": "a6000-live", "vendor_id": "10de", "product_id": "2230",
+                              "live_migratable": "yes"}])
+    c.create_flavor(ADMIN, name="live", vcpus=2, ram_mb=2048, disk_gb=1,
+                    extra_specs={"pci_passthrough:alias": "a6000-live:1"})
     c.create_network(ADMIN, name="net1", physical_network="physnet1", segmentation="vlan",
                      segmentation_id=100)
     return c
@@ -229,7 +233,7 @@ def test_the_drain_listing_says_per_server_whether_it_could_move_live(mixed: Clo
     mixed.reserve_host(ADMIN, "h1", True, "maintenance")
 
     report = mixed.drain_host(ADMIN, "h1")
-    assert report.note == NOT_YET == "live migration not yet available"
+    assert report.note == DRAIN_HINT and "--live-migrate" in report.note
     assert report.host.reserved and report.host.reserved_reason == "maintenance"
     by_name = {d.server.name: d for d in report.servers}
     assert list(by_name) == ["vm-gpu", "vm-live", "vm-nics", "vm-pf"]   # by name
@@ -294,7 +298,7 @@ def test_api_reserve_unreserve_drain_and_403_for_members(api1: ApiServer) -> Non
         listed = {h["name"]: h for h in http.get("/v1/hosts").json()["hosts"]}
         assert listed["api-h1"]["reserved"] is True
         drain = http.get("/v1/hosts/api-h1/drain").json()
-        assert drain["servers"] == [] and drain["note"] == "live migration not yet available"
+        assert drain["servers"] == [] and "--live-migrate" in drain["note"]
         assert drain["host"]["reserved_reason"] == "bios"
         no_body = http.post("/v1/hosts/api-h1/reserve")
         assert no_body.status_code == 200 and no_body.json()["reserved_reason"] is None
@@ -315,7 +319,7 @@ def test_cli_host_reserve_drain_list_show(api1: ApiServer) -> None:
     table = ok_text(cli("host", "list", env=env))
     assert "cli-h1" in table and "draining" in table
     drained = ok_text(cli("host", "drain", "cli-h1", env=env))
-    assert "live migration not yet available" in drained and "0 servers" in drained
+    assert "--live-migrate" in drained and "0 servers" in drained
     assert ok_json(cli("host", "drain", "cli-h1", "--json", env=env))["servers"] == []
     assert "reserved=no" in ok_text(cli("host", "unreserve", "cli-h1", env=env))
     member_env = env_for(api1, make_token(api1, role="member", project="p1"))

@@ -19,6 +19,7 @@ or ``pcipass.sched`` imports this module. The environment wins over the file, ke
     weigher = "pack"                     # pack | spread: PCI boots onto the fullest hosts or not
     max_attempts = 5                     # lost races a boot retries before it fails
     candidates = 8                       # hosts the SQL narrowing hands the fit per decision
+    resize_same_host = true              # a resize may stay on its host when it fits there
 
     [tasks]                              # PCIPASS_TASKS_<KEY>
     timeout = 300                        # seconds a spawn task may take before it fails
@@ -33,6 +34,7 @@ or ``pcipass.sched`` imports this module. The environment wins over the file, ke
     sriov = "netlink"                    # netlink | fake: how VFs of SR-IOV ports are programmed
     switch_driver = "noop"               # a pcipass.switch_drivers entry point (noop, log, ...)
     normal_network = "default"           # the libvirt network vnic-type normal ports go on
+    kind = "hypervisor"                  # hypervisor | baremetal: what this host reports as
 
     [network]                            # PCIPASS_NETWORK_<KEY>
     mac_prefix = "fa:16:3e"              # ports' generated MACs start with it (1-5 octets)
@@ -99,6 +101,7 @@ class SchedulerSettings:
     weigher: str = "pack"
     max_attempts: int = 5
     candidates: int = 8
+    resize_same_host: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +113,7 @@ class TaskSettings:
 
 SRIOV_KINDS = ("netlink", "fake")   # pcipass.agent.ports.SriovKind (config imports no agent)
 DEFAULT_NORMAL_NETWORK = "default"  # pcipass.virt.payload.DEFAULT_NORMAL_NETWORK
+HOST_KINDS = ("hypervisor", "baremetal")   # pcipass.pci.device.HostKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +131,7 @@ class AgentSettings:
     sriov: str = "netlink"
     switch_driver: str = DEFAULT_SWITCH_DRIVER
     normal_network: str = DEFAULT_NORMAL_NETWORK
+    kind: str = "hypervisor"            # what the agent reports its host as (HOST_KINDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +214,18 @@ def _int(value: Any, key: str, from_env: bool) -> int:
     return value
 
 
+def _bool(value: Any, key: str, from_env: bool) -> bool:
+    if from_env and isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+    if not isinstance(value, bool):
+        raise _type_error(key, "true or false", value)
+    return value
+
+
 def _seconds(value: Any, key: str, from_env: bool) -> float:
     if from_env:
         try:
@@ -226,6 +243,14 @@ def _weigher(value: Any, key: str, from_env: bool) -> str:
     text = _str(value, key, from_env).strip().lower()
     if text not in WEIGHERS:
         raise InvalidConfig(f"{key} must be one of {', '.join(WEIGHERS)}, not {value!r}",
+                            field=key)
+    return text
+
+
+def _host_kind(value: Any, key: str, from_env: bool) -> str:
+    text = _str(value, key, from_env).strip().lower()
+    if text not in HOST_KINDS:
+        raise InvalidConfig(f"{key} must be one of {', '.join(HOST_KINDS)}, not {value!r}",
                             field=key)
     return text
 
@@ -311,6 +336,7 @@ _KEYS: dict[tuple[str, str], tuple[Coerce, str]] = {
     ("scheduler", "weigher"): (_weigher, "PCIPASS_SCHEDULER_WEIGHER"),
     ("scheduler", "max_attempts"): (_int, "PCIPASS_SCHEDULER_MAX_ATTEMPTS"),
     ("scheduler", "candidates"): (_int, "PCIPASS_SCHEDULER_CANDIDATES"),
+    ("scheduler", "resize_same_host"): (_bool, "PCIPASS_SCHEDULER_RESIZE_SAME_HOST"),
     ("tasks", "timeout"): (_seconds, "PCIPASS_TASKS_TIMEOUT"),
     ("agent", "server"): (_optional_str, "PCIPASS_AGENT_SERVER"),
     ("agent", "token"): (_optional_str, "PCIPASS_AGENT_TOKEN"),
@@ -321,6 +347,7 @@ _KEYS: dict[tuple[str, str], tuple[Coerce, str]] = {
     ("agent", "sriov"): (_sriov, "PCIPASS_AGENT_SRIOV"),
     ("agent", "switch_driver"): (_name, "PCIPASS_AGENT_SWITCH_DRIVER"),
     ("agent", "normal_network"): (_name, "PCIPASS_AGENT_NORMAL_NETWORK"),
+    ("agent", "kind"): (_host_kind, "PCIPASS_AGENT_KIND"),
     ("network", "mac_prefix"): (_mac_prefix, "PCIPASS_NETWORK_MAC_PREFIX"),
 }
 _SECTIONS = {s for s, _ in _KEYS if s}
@@ -415,12 +442,14 @@ def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Se
             sriov=get("agent", "sriov", "netlink"),
             switch_driver=get("agent", "switch_driver", DEFAULT_SWITCH_DRIVER),
             normal_network=get("agent", "normal_network", DEFAULT_NORMAL_NETWORK),
+            kind=get("agent", "kind", "hypervisor"),
         ),
         source=path,
         scheduler=SchedulerSettings(
             weigher=get("scheduler", "weigher", "pack"),
             max_attempts=get("scheduler", "max_attempts", 5),
             candidates=get("scheduler", "candidates", 8),
+            resize_same_host=get("scheduler", "resize_same_host", True),
         ),
         tasks=TaskSettings(timeout=get("tasks", "timeout", 300.0)),
         network=NetworkSettings(mac_prefix=get("network", "mac_prefix", DEFAULT_MAC_PREFIX)),
@@ -445,6 +474,7 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
         ("scheduler", "weigher"): sc.weigher,
         ("scheduler", "max_attempts"): str(sc.max_attempts),
         ("scheduler", "candidates"): str(sc.candidates),
+        ("scheduler", "resize_same_host"): "true" if sc.resize_same_host else "false",
         ("tasks", "timeout"): repr(settings.tasks.timeout),
         ("agent", "server"): a.server,
         ("agent", "token"): a.token,
@@ -455,6 +485,7 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
         ("agent", "sriov"): a.sriov,
         ("agent", "switch_driver"): a.switch_driver,
         ("agent", "normal_network"): a.normal_network,
+        ("agent", "kind"): a.kind,
         ("network", "mac_prefix"): settings.network.mac_prefix,
     }
     return {env_name(sec, key): v or "" for (sec, key), v in values.items()}

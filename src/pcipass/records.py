@@ -114,6 +114,11 @@ class ServerStatus(StrEnum):
     ERROR = "ERROR"
     DELETING = "DELETING"
     DELETED = "DELETED"
+    # Moves (issue 6, :mod:`pcipass.store.moves`): a resize or migration under way, and a
+    # resize (or unconfirmed migration) waiting for its confirm or revert.
+    RESIZE = "RESIZE"
+    MIGRATING = "MIGRATING"
+    VERIFY_RESIZE = "VERIFY_RESIZE"
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,3 +251,49 @@ class UsageRecord:
     project: str
     alias: str
     device_seconds: float
+
+
+# --- issue 6: moving servers (resize, cold and live migration) -------------------------------
+
+class MoveKind(StrEnum):
+    RESIZE = "resize"
+    MIGRATE = "migrate"
+    LIVE = "live"
+
+
+class MoveStatus(StrEnum):
+    """A move's steps (see :mod:`pcipass.store.moves`)."""
+
+    CLAIMED = "claimed"          # destination devices claimed; the source is told to let go
+    MOVING = "moving"            # the source let go; the destination builds the server
+    VERIFY = "verify"            # running on the destination; waiting for confirm or revert
+    CONFIRMING = "confirming"    # confirmed: the source is told to destroy what it kept
+    REVERTING = "reverting"      # going back to the source (asked for, or a step failed)
+    DONE = "done"
+    REVERTED = "reverted"
+    FAILED = "failed"            # went back to the source after a failure (or could not)
+
+    @property
+    def open(self) -> bool:
+        return self not in (MoveStatus.DONE, MoveStatus.REVERTED, MoveStatus.FAILED)
+
+
+@dataclass(frozen=True, slots=True)
+class MoveRecord:
+    """One move of a server: from ``source`` to ``dest`` (the same host for a same-host
+    resize), from ``old_flavor`` to ``new_flavor`` (the same for a migration)."""
+
+    id: str
+    server_id: str
+    kind: MoveKind
+    status: MoveStatus
+    source: str
+    dest: str
+    old_flavor: str
+    new_flavor: str
+    auto_confirm: bool
+    on_dest: bool                 # the server's record is the destination's side
+    message: str | None
+    created_at: datetime
+    updated_at: datetime
+    generation: int

@@ -39,6 +39,14 @@ The rules (pure functions below; :class:`TaskRunner` is the thin shell that perf
   saved, else :data:`~pcipass.agent.ports.FALLBACK_VF`) once the domain is gone, removes the
   server's VF file, then unbinds the switch. Restoring and unbinding are idempotent, so a
   release interrupted by a restart is simply run again.
+- a live migration (:mod:`pcipass.store.live`) is three tasks on two hosts, each reusing the
+  steps above: ``live_prepare`` on the destination programs the ports' VFs (saved as a spawn
+  saves them, so a later destroy there restores them) and binds its switch, undoing itself
+  on failure; ``live_migrate`` on the source hot-unplugs each ``direct`` port's interface,
+  migrates the running domain with the destination's XML (:mod:`pcipass.virt.migration`),
+  then restores the source's VFs and unbinds its switch (a failure up to the migrate call
+  plugs the interfaces back; resumed after the domain left, it only releases the source);
+  ``live_finish`` on the destination plugs the ``direct`` ports on its VFs.
 """
 
 from __future__ import annotations
@@ -74,14 +82,19 @@ from pcipass.agent.ports import (
     vf_slot,
 )
 from pcipass.host.sriov import VfProgrammer
+from pcipass.net.port import VnicType
 from pcipass.net.switch import NoopSwitchDriver, SwitchDriver
 from pcipass.pci.address import PciAddress
+from pcipass.virt.baremetal import BareMetalDriver
 from pcipass.virt.domain import DomainSpec, VirtType
 from pcipass.virt.driver import VirtDriver
+from pcipass.virt.migration import plan_live_migration
 from pcipass.virt.overlay import DiskOverlays
 from pcipass.virt.payload import (
     DEFAULT_NORMAL_NETWORK,
     ChangePayload,
+    DestroyPayload,
+    LivePayload,
     PayloadInterface,
     SpawnPayload,
     change_fragments,
@@ -90,6 +103,7 @@ from pcipass.virt.payload import (
     overlay_path,
     parse_change,
     parse_destroy,
+    parse_live,
     parse_spawn,
     plugged_keys,
     unmanaged_addresses,
@@ -115,6 +129,11 @@ class Kind(StrEnum):
     DESTROY = "destroy"
     ATTACH = "attach"    # hot-plug devices or a port into a running server
     DETACH = "detach"    # hot-unplug them
+    LIVE_PREPARE = "live_prepare"  # destination: program the ports' VFs, bind the switch
+    LIVE_MIGRATE = "live_migrate"  # source: unplug VF NICs, migrate, release the source VFs
+    LIVE_FINISH = "live_finish"    # destination: plug the VF NICs on the destination's VFs
+    MIGRATE_OUT = "migrate_out"    # a move's source: stop the domain, let its ports go, keep it
+    RESTART = "restart"            # a move's source again: take the ports back, start it
 
 
 class Phase(StrEnum):
@@ -565,6 +584,8 @@ class TaskRunner:
                 self._roll_back(journal)
             elif journal.kind == Kind.ATTACH:
                 self._undo_attach(journal)
+            elif journal.kind == Kind.LIVE_PREPARE:
+                self._undo_prepare(journal)
             self._save(replace(journal, phase=Phase.REPORTED, result=Result(
                 False, f"not runnable any more: {exc.message}"), updated_at=self.clock()))
             return False
@@ -574,6 +595,8 @@ class TaskRunner:
         """Run the task; the journal as it now stands (a run records the functions it
         detaches before detaching them) and the outcome."""
         try:
+            if isinstance(self.ensure_driver(), BareMetalDriver):
+                return self._machine(journal)
             if journal.kind == Kind.SPAWN:
                 return self._spawn(journal)
             if journal.kind == Kind.DESTROY:
@@ -582,6 +605,16 @@ class TaskRunner:
                 return self._attach(journal)
             if journal.kind == Kind.DETACH:
                 return self._detach(journal)
+            if journal.kind == Kind.MIGRATE_OUT:
+                return self._migrate_out(journal)
+            if journal.kind == Kind.RESTART:
+                return self._restart(journal)
+            if journal.kind == Kind.LIVE_PREPARE:
+                return self._live_prepare(journal)
+            if journal.kind == Kind.LIVE_MIGRATE:
+                return self._live_migrate(journal)
+            if journal.kind == Kind.LIVE_FINISH:
+                return self._live_finish(journal)
             return journal, Result(False, f"this agent cannot run {journal.kind!r} tasks")
         except Exception as exc:  # a bug must still end the task, not loop it
             if not isinstance(exc, errors.PcipassError):
@@ -593,6 +626,17 @@ class TaskRunner:
             self._roll_back(journal)
         elif journal.kind == Kind.ATTACH:
             self._undo_attach(journal)
+        elif journal.kind == Kind.LIVE_PREPARE:
+            self._undo_prepare(journal)
+        elif journal.kind == Kind.LIVE_MIGRATE:
+            name = domain_name(journal.server_id)
+            if self.ensure_driver().exists(name):     # still here: give its NICs back
+                try:
+                    self._replug(name, parse_live(journal.payload, migrate=True).replug())
+                except errors.PcipassError as exc:
+                    log.error("giving up task %s: %s", journal.id, exc.message)
+            else:                                     # it left: finish the source's part
+                return self._execute(journal)[1]
         return Result(False, f"the agent on {self.host} was interrupted {journal.attempts} "
                              f"times while running this {journal.kind}; gave up")
 
@@ -683,7 +727,8 @@ class TaskRunner:
                         _message(exc))
             journal = self.journals.load(journal.id) or journal
             problems = self._teardown(spec.name, _addresses(journal.detached),
-                                      spec.disk.overlay if spec.disk else None, strict=False)
+                                      spec.disk.overlay if spec.disk and not _keeps_disk(journal)
+                                      else None, strict=False)
             journal, released = self._release_ports(journal, journal.vfs, journal.bound,
                                                     strict=False)
             problems += released
@@ -761,32 +806,75 @@ class TaskRunner:
                                          updated_at=self.clock()))
         return journal, problems
 
+    def _machine(self, journal: Journal) -> tuple[Journal, Result]:
+        """A bare-metal host's task: a spawn powers the machine on with the server's devices
+        (no domain XML, disk overlay, VF or switch: the machine is the server's whole), a
+        destroy powers it off. Both are idempotent; a spawn that fails powers it off again.
+        Nothing else runs on bare metal."""
+        driver = self.ensure_driver()
+        assert isinstance(driver, BareMetalDriver)
+        if journal.kind == Kind.SPAWN:
+            p = parse_spawn(journal.payload)   # invalid payload: fails before touching it
+            name = domain_name(p.server.id)
+            try:
+                driver.power_on(name, tuple(d.address for d in p.devices))
+            except errors.PcipassError as exc:
+                problems = self._power_off(name)
+                extra = f" (cleanup: {'; '.join(problems)})" if problems else ""
+                return journal, Result(False, exc.message + extra)
+            return journal, Result(True)
+        if journal.kind == Kind.DESTROY:
+            problems = self._power_off(domain_name(parse_destroy(journal.payload).server.id))
+            return journal, Result(not problems, "; ".join(problems) or None)
+        return journal, Result(False, f"{self.host} is a bare-metal host: a {journal.kind} "
+                                      "task needs a hypervisor")
+
+    def _power_off(self, name: str) -> list[str]:
+        try:
+            self.ensure_driver().destroy(name)
+        except errors.PcipassError as exc:
+            return [exc.message]
+        return []
+
     def _roll_back(self, journal: Journal) -> None:
         """Undo a spawn whatever it got to (best effort, logged)."""
         name = domain_name(journal.server_id)
+        if isinstance(self.ensure_driver(), BareMetalDriver):
+            for p in self._power_off(name):
+                log.error("rolling back task %s: %s", journal.id, p)
+            return
         problems = self._teardown(name, _addresses(journal.detached),
+                                  None if _keeps_disk(journal) else
                                   overlay_path(self.state_dir, journal.server_id), strict=False)
         _, released = self._release_ports(journal, journal.vfs, journal.bound, strict=False)
         for p in problems + released:
             log.error("rolling back task %s: %s", journal.id, p)
 
+    def _saved_vfs(self, journal: Journal, p: DestroyPayload) -> Journal:
+        """What to put back, kept in this journal from here on: the server's VF file goes
+        before the switch is unbound, and a resumed release must still know. A move's step
+        gives back only the ports it lists (the file may hold the other side's too)."""
+        if journal.vfs:
+            return journal
+        saved = {v.slot: v for v in self.vf_store.load(_server_key(journal.server_id))}
+        listed = {vf_slot(nic): nic for nic in p.interfaces
+                  if nic.is_vf and nic.pf is not None and nic.vf_index is not None}
+        if p.move is not None:
+            saved = {slot: v for slot, v in saved.items() if slot in listed}
+        for slot, nic in listed.items():
+            saved.setdefault(slot, SavedVf(nic.port, slot, FALLBACK_VF))
+        if saved:
+            journal = self._save(replace(journal, vfs=tuple(saved.values()),
+                                         updated_at=self.clock()))
+        return journal
+
     def _destroy(self, journal: Journal) -> tuple[Journal, Result]:
         p = parse_destroy(journal.payload)
         driver = self.ensure_driver()
         name = domain_name(p.server.id)
-        if not journal.vfs:
-            # What to put back, kept in this journal from here on: the server's VF file goes
-            # before the switch is unbound, and a resumed destroy must still know.
-            saved = {v.slot: v for v in self.vf_store.load(_server_key(journal.server_id))}
-            for nic in p.interfaces:
-                if nic.is_vf and nic.pf is not None and nic.vf_index is not None:
-                    slot = vf_slot(nic)
-                    saved.setdefault(slot, SavedVf(nic.port, slot, FALLBACK_VF))
-            if saved:
-                journal = self._save(replace(journal, vfs=tuple(saved.values()),
-                                             updated_at=self.clock()))
+        journal = self._saved_vfs(journal, p)
         reattach = {str(d.address) for d in p.devices if not d.managed} | set(journal.detached)
-        if driver.exists(name):
+        if driver.exists(name) and not p.keep_domain:
             # The domain knows which functions it holds unmanaged, whatever the payload says.
             reattach |= {str(h.host) for h in read_hostdevs(driver.get_xml(name),
                                                            interfaces=True) if not h.managed}
@@ -794,7 +882,9 @@ class TaskRunner:
             journal = self._save(replace(journal, detached=tuple(sorted(reattach)),
                                          updated_at=self.clock()))
         problems = self._teardown(name, _addresses(journal.detached),
-                                  overlay_path(self.state_dir, p.server.id), strict=True)
+                                  None if p.keep_disk else overlay_path(self.state_dir,
+                                                                        p.server.id),
+                                  strict=True, keep_domain=p.keep_domain)
         if problems:
             return journal, Result(False, "; ".join(problems))
         journal, problems = self._release_ports(journal, journal.vfs,
@@ -802,6 +892,52 @@ class TaskRunner:
         if problems:
             return journal, Result(False, "; ".join(problems))
         return journal, Result(True)
+
+    # -- a move's source (resize, cold migration; see pcipass.store.moves) ------------------
+
+    def _migrate_out(self, journal: Journal) -> tuple[Journal, Result]:
+        """Stop the domain and let its ports go (VFs restored, switch unbound), keeping its
+        definition, its disk and its unmanaged functions detached for a revert. Each step
+        is idempotent."""
+        p = parse_destroy(journal.payload)
+        driver = self.ensure_driver()
+        name = domain_name(p.server.id)
+        journal = self._saved_vfs(journal, p)
+        if self._seen(name).active:
+            driver.destroy(name)
+        journal, problems = self._release_ports(journal, journal.vfs,
+                                                switch_bindings(p.interfaces), strict=True)
+        if problems:
+            return journal, Result(False, "; ".join(problems))
+        return journal, Result(True, None, driver.get_xml(name) if driver.exists(name)
+                               else None)
+
+    def _restart(self, journal: Journal) -> tuple[Journal, Result]:
+        """Start the kept domain again (defined from the payload's XML if this host lost it):
+        its unmanaged functions detached, its ports' VFs programmed, the switch bound. Each
+        step is idempotent."""
+        p = parse_destroy(journal.payload)
+        refused = self._no_programmer(p.interfaces)
+        if refused is not None:
+            return journal, refused
+        driver = self.ensure_driver()
+        name = domain_name(p.server.id)
+        if not driver.exists(name):
+            if p.domain_xml is None:
+                return journal, Result(False, f"host {self.host} kept no domain for server "
+                                              f"{p.server.id} and the task carries none")
+            driver.define(p.domain_xml)
+        detach = {str(d.address) for d in p.devices if not d.managed}
+        if detach - set(journal.detached):
+            journal = self._save(replace(journal, detached=tuple(
+                sorted({*journal.detached, *detach})), updated_at=self.clock()))
+        for a in _addresses(detach):
+            driver.nodedev_detach(a)
+        journal = self._program_vfs(journal, p.interfaces)
+        journal = self._bind_switch(journal, p.interfaces)
+        if not driver.is_active(name):
+            driver.start(name)
+        return journal, Result(True, None, driver.get_xml(name))
 
     # -- hot attach and detach -------------------------------------------------------------
 
@@ -923,15 +1059,164 @@ class TaskRunner:
         xml = driver.get_xml(name) if driver.exists(name) else None
         return journal, Result(True, None, xml)
 
-    def _teardown(self, name: str, detached: Sequence[PciAddress], overlay: str | Path | None,
-                  *, strict: bool) -> list[str]:
-        """Run :func:`teardown_plan`; the problems met, in words. ``strict`` stops at the first
-        domain or device failure (a destroy must not report the devices free while they are
-        not); otherwise every step is tried. A disk that cannot be removed is only logged."""
+    # -- live migration -------------------------------------------------------------------
+
+    def _no_programmer(self, nics: Sequence[PayloadInterface]) -> Result | None:
+        """The failure of a task with VF ports on an agent without a VF programmer."""
+        vf_ports = [nic for nic in nics if nic.is_vf]
+        if not vf_ports or self.programmer is not None:
+            return None
+        return Result(False, (
+            f"the agent on {self.host} has no VF programmer configured (start it with "
+            f"--sriov netlink, or --sriov fake for a simulated host); "
+            f"{vf_ports[0].describe()} needs its VF programmed"))
+
+    def _live_prepare(self, journal: Journal) -> tuple[Journal, Result]:
+        """Destination, before the move: detach the unmanaged functions the guest will hold
+        here (journalled first), program the ports' VFs (what each had saved, as a spawn
+        saves it, so a later destroy here restores it) and bind the switch. Idempotent; a
+        failure undoes what this task did."""
+        p = parse_live(journal.payload)
+        refused = self._no_programmer(p.interfaces)
+        if refused is not None:
+            return journal, refused
+        driver = self.ensure_driver()
+        detach = {str(a) for a in _live_unmanaged(p)}
+        if detach - set(journal.detached):
+            journal = self._save(replace(journal, detached=tuple(
+                sorted({*journal.detached, *detach})), updated_at=self.clock()))
+        try:
+            for a in _addresses(detach):
+                driver.nodedev_detach(a)
+            journal = self._program_vfs(journal, p.interfaces)
+            journal = self._bind_switch(journal, p.interfaces)
+            return journal, Result(True)
+        except Exception as exc:  # the destination must not keep half a preparation
+            log.warning("live-migration prepare of server %s failed: %s; undoing it",
+                        journal.server_id, _message(exc))
+            journal = self.journals.load(journal.id) or journal
+            problems = self._undo_prepare(journal)
+            extra = f" (cleanup: {'; '.join(problems)})" if problems else ""
+            return journal, Result(False, _message(exc) + extra)
+
+    def _undo_prepare(self, journal: Journal) -> list[str]:
+        """Give back what a prepare took: its unmanaged functions, its VFs, its switch
+        bindings (best effort); the problems met."""
+        driver = self.ensure_driver()
+        problems: list[str] = []
+        for a in _addresses(journal.detached):
+            try:
+                driver.nodedev_reattach(a)
+            except errors.PcipassError as exc:
+                problems.append(exc.message)
+        _, released = self._release_ports(journal, journal.vfs, journal.bound, strict=False)
+        return problems + released
+
+    def _live_migrate(self, journal: Journal) -> tuple[Journal, Result]:
+        """Source: hot-unplug each ``direct`` port's ``<interface type='hostdev'>`` (the
+        guest loses that NIC until the destination plugs it again), migrate the running
+        domain with the destination's XML (:mod:`pcipass.virt.migration`: macvtaps on the
+        destination's VF netdevs, the unplugged NICs absent), then restore the source VFs
+        and unbind the source switch. A failure before or at the migrate call plugs the
+        NICs back and reports; nothing else changed. Resumed after the domain left (the
+        source forgets it when the move succeeds) it only releases the source's ports."""
+        p = parse_live(journal.payload, migrate=True)
+        assert p.dest_uri is not None   # the parser insists for a migrate
+        driver = self.ensure_driver()
+        name = domain_name(p.server.id)
+        if not journal.vfs:
+            # What to put back once the guest is gone, journalled before anything changes.
+            saved = {v.slot: v for v in self.vf_store.load(_server_key(journal.server_id))}
+            mine = {vf_slot(nic): saved.get(vf_slot(nic),
+                                            SavedVf(nic.port, vf_slot(nic), FALLBACK_VF))
+                    for nic in p.interfaces if nic.is_vf}
+            if mine:
+                journal = self._save(replace(journal, vfs=tuple(mine.values()),
+                                             updated_at=self.clock()))
+        reattach = {str(a) for a in _live_unmanaged(p)}
+        if reattach - set(journal.detached):
+            journal = self._save(replace(journal, detached=tuple(sorted(reattach)),
+                                         updated_at=self.clock()))
+        if driver.exists(name):
+            plan = plan_live_migration(driver.get_xml(name),
+                                       migratable=[src for src, _dst in p.hostdevs])
+            if not plan.allowed:
+                return journal, Result(False, "cannot live-migrate: " + "; ".join(
+                    b.reason for b in plan.blockers))
+            netdevs = {nic.mac.lower(): nic.vf_netdev for nic in p.dest_interfaces
+                       if nic.vnic_type is VnicType.MACVTAP and nic.vf_netdev is not None}
+            dest_xml = plan.destination_xml(
+                macvtaps={mac: netdevs[mac] for mac in plan.macvtaps if mac in netdevs},
+                hostdevs=dict(p.hostdevs))     # a missing mapping fails before any unplug
+            try:
+                for u in plan.unplug:
+                    driver.detach_device(name, u.xml, live=True, config=False)
+                driver.migrate(name, p.dest_uri, live=True, xml=dest_xml)
+            except Exception as exc:  # the guest must get its NICs back on the source
+                log.warning("live migration of server %s failed: %s; plugging its NICs back",
+                            journal.server_id, _message(exc))
+                problems = self._replug(name, p.replug())
+                extra = f" (re-plug: {'; '.join(problems)})" if problems else ""
+                return journal, Result(False, _message(exc) + extra)
+        problems = []
+        for a in _addresses(journal.detached):
+            try:
+                driver.nodedev_reattach(a)
+            except errors.PcipassError as exc:
+                problems.append(exc.message)
+        journal, released = self._release_ports(journal, journal.vfs,
+                                                switch_bindings(p.interfaces), strict=False)
+        problems += released
+        # The guest runs on the destination whatever the source's clean-up met.
+        return journal, Result(True, ("source clean-up: " + "; ".join(problems))
+                               if problems else None)
+
+    def _replug(self, name: str, change: ChangePayload) -> list[str]:
+        """Plug back into the running guest (only: its definition kept them) the change's
+        interfaces it does not hold, best effort; the problems met."""
         driver = self.ensure_driver()
         problems: list[str] = []
         try:
-            plan = teardown_plan(self._seen(name))
+            if not driver.exists(name):
+                return [f"server {name} has no domain on {self.host}"]
+            plugged = plugged_keys(driver.get_xml(name))
+            for f in change_fragments(change, normal_network=self.normal_network):
+                if f.key not in plugged:
+                    try:
+                        driver.attach_device(name, f.xml, live=True, config=False)
+                    except errors.PcipassError as exc:
+                        problems.append(exc.message)
+        except errors.PcipassError as exc:
+            problems.append(exc.message)
+        return problems
+
+    def _live_finish(self, journal: Journal) -> tuple[Journal, Result]:
+        """Destination, after the move: plug each ``direct`` port's ``<interface>`` on the
+        destination's VF (prepared by ``live_prepare``), into the running guest and its
+        definition. Idempotent: what the domain holds already is skipped."""
+        p = parse_live(journal.payload)
+        name = domain_name(p.server.id)
+        driver = self.ensure_driver()
+        try:
+            live, config = self._affect(name)
+            plugged = plugged_keys(driver.get_xml(name))
+            for f in change_fragments(p.replug(), normal_network=self.normal_network):
+                if f.key not in plugged:
+                    driver.attach_device(name, f.xml, live=live, config=config)
+            return journal, Result(True, None, driver.get_xml(name))
+        except errors.PcipassError as exc:
+            return journal, Result(False, exc.message)
+
+    def _teardown(self, name: str, detached: Sequence[PciAddress], overlay: str | Path | None,
+                  *, strict: bool, keep_domain: bool = False) -> list[str]:
+        """Run :func:`teardown_plan`; the problems met, in words. ``strict`` stops at the first
+        domain or device failure (a destroy must not report the devices free while they are
+        not); otherwise every step is tried. A disk that cannot be removed is only logged.
+        ``keep_domain``: the domain is another side's; only the functions go back."""
+        driver = self.ensure_driver()
+        problems: list[str] = []
+        try:
+            plan = teardown_plan(Seen(False, False) if keep_domain else self._seen(name))
         except errors.PcipassError as exc:
             return [exc.message]
         for step in plan:
@@ -961,6 +1246,11 @@ class TaskRunner:
         return problems
 
 
+def _keeps_disk(journal: Journal) -> bool:
+    """A move's spawn on its source's own host: the disk is the source's too."""
+    return journal.payload.get("move") is not None and bool(journal.payload.get("keep_disk"))
+
+
 def _server_key(server_id: str) -> str:
     """A server id as its VF file is named: the canonical UUID text where it is one."""
     try:
@@ -976,6 +1266,13 @@ def _change_unmanaged(p: ChangePayload) -> tuple[PciAddress, ...]:
     out |= {nic.address for nic in p.interfaces
             if nic.vnic_type == "direct" and not nic.managed and nic.address is not None}
     return tuple(sorted(out))
+
+
+def _live_unmanaged(p: LivePayload) -> tuple[PciAddress, ...]:
+    """The functions of a live task the agent detaches and re-attaches itself: unmanaged
+    hostdevs and unmanaged ``direct`` ports' VFs."""
+    return _change_unmanaged(ChangePayload(p.server, "attach_interface", p.devices,
+                                           p.interfaces))
 
 
 def _addresses(texts: Iterable[str]) -> tuple[PciAddress, ...]:

@@ -100,6 +100,11 @@ class HostOut(BaseModel):
     reserved: bool = Field(default=False,
                            description="Draining: nothing new is placed on the host.")
     reserved_reason: str | None = None
+    kind: str = Field(default="hypervisor",
+                      description="hypervisor, or baremetal (one server takes the machine).")
+    migration_uri: str | None = Field(
+        default=None, description="Where other hosts live-migrate guests to this one "
+        "(reported by its agent); none: it cannot take a live migration.")
 
 
 class HostPage(BaseModel):
@@ -418,6 +423,42 @@ class DeviceAttachIn(BaseModel):
     count: int = Field(default=1, ge=1, le=16, description="How many devices.")
 
 
+class ResizeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    flavor: str = Field(min_length=1, description="The new flavor, by name or id.")
+
+
+class MigrateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str | None = Field(default=None, min_length=1, max_length=253,
+                             description="The destination; any other host that fits when "
+                                         "absent.")
+    auto_confirm: bool = Field(default=False, description="Confirm as soon as the server "
+                               "runs on the destination (no VERIFY_RESIZE step).")
+
+
+class MoveOut(BaseModel):
+    id: str
+    server_id: str
+    kind: str = Field(description='"resize", "migrate" or "live".')
+    status: str = Field(description='"claimed", "moving", "verify", "confirming", '
+                        '"reverting", "done", "reverted" or "failed".')
+    source: str
+    dest: str
+    old_flavor: str
+    new_flavor: str
+    auto_confirm: bool
+    message: str | None = Field(description="Why it failed or went back, if it did.")
+    created_at: datetime
+    updated_at: datetime
+
+
+class MovePage(BaseModel):
+    moves: list[MoveOut]
+
+
 class ServerDeviceOut(BaseModel):
     address: str
     alias: str | None = Field(description="null: handed out with another (an IOMMU group mate).")
@@ -486,7 +527,34 @@ class DrainServerOut(BaseModel):
 class DrainOut(BaseModel):
     host: HostOut
     servers: list[DrainServerOut]
-    note: str = Field(description='"live migration not yet available".')
+    note: str = Field(description="How to live-migrate what can move.")
+
+
+class LiveMigrateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str | None = Field(default=None, min_length=1, max_length=253,
+                             description="The destination; any host that fits when absent.")
+
+
+class HostDrainIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    live_migrate: bool = Field(description="Live-migrate every server that can move (true; "
+                               "false is refused: GET lists without moving).")
+
+
+class NotMovedOut(BaseModel):
+    server: ServerOut
+    blockers: list[str] = Field(description="Devices that cannot move live, and why.")
+    reason: str | None = Field(description="Why its move could not start (no host fits, "
+                               "not ACTIVE...), when no device pins it.")
+
+
+class LiveDrainOut(BaseModel):
+    host: HostOut
+    migrating: list[ServerOut] = Field(description="Servers whose live migration started.")
+    not_moved: list[NotMovedOut] = Field(description="Servers left on the host.")
 
 
 class ExplainRequest(BaseModel):

@@ -16,6 +16,7 @@ from pcipass.records import (
     FlavorRecord,
     HostRecord,
     ImageRecord,
+    MoveRecord,
     NetworkRecord,
     PoolRecord,
     PortBinding,
@@ -29,6 +30,7 @@ from pcipass.records import (
 )
 from pcipass.services import Explanation
 from pcipass.services.drain import DrainReport
+from pcipass.services.live import LiveDrainReport
 
 JSON = dict[str, Any]
 
@@ -46,6 +48,8 @@ def host_view(rec: HostRecord) -> JSON:
         "devices": {"total": rec.device_counts.get("total", sum(counts.values())), **counts},
         "reserved": rec.reserved,
         "reserved_reason": rec.reserved_reason,
+        "kind": rec.info.kind.value,
+        "migration_uri": rec.info.migration_uri,
     }
 
 
@@ -162,6 +166,14 @@ def server_view(rec: ServerRecord) -> JSON:
     }
 
 
+def move_view(rec: MoveRecord) -> JSON:
+    return {"id": rec.id, "server_id": rec.server_id, "kind": rec.kind.value,
+            "status": rec.status.value, "source": rec.source, "dest": rec.dest,
+            "old_flavor": rec.old_flavor, "new_flavor": rec.new_flavor,
+            "auto_confirm": rec.auto_confirm, "message": rec.message,
+            "created_at": rec.created_at, "updated_at": rec.updated_at}
+
+
 def event_view(rec: EventRecord) -> JSON:
     return {"id": rec.id, "server_id": rec.server_id, "action": rec.action,
             "outcome": rec.outcome, "message": rec.message, "host": rec.host,
@@ -172,6 +184,13 @@ def drain_view(rep: DrainReport) -> JSON:
     return {"host": host_view(rep.host), "note": rep.note,
             "servers": [{"server": server_view(d.server), "live_migratable": d.live_migratable,
                          "blockers": list(d.blockers)} for d in rep.servers]}
+
+
+def live_drain_view(rep: LiveDrainReport) -> JSON:
+    return {"host": host_view(rep.host),
+            "migrating": [server_view(s) for s in rep.migrating],
+            "not_moved": [{"server": server_view(n.server), "blockers": list(n.blockers),
+                           "reason": n.reason} for n in rep.not_moved]}
 
 
 def explanation_view(exp: Explanation) -> JSON:

@@ -126,10 +126,21 @@ def host_unreserve(host: Annotated[str, typer.Argument(help="Host name.")],
 
 @host_app.command("drain")
 def host_drain(host: Annotated[str, typer.Argument(help="Host name.")],
+               live_migrate: Annotated[bool, typer.Option(
+                   "--live-migrate", help="Live-migrate every server that can move (to any "
+                   "host that fits) and list those that cannot, with why.")] = False,
                url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
                as_json: JsonOpt = False) -> None:
     """List what still runs on a host (servers, devices, ports) and whether each could be
-    live-migrated, or what prevents it. Live migration itself is not yet available."""
+    live-migrated, or what prevents it; with --live-migrate, move those that can."""
+    if live_migrate:
+        with reported(), _client(url, token) as client:
+            moved = client.host_drain_live(host)
+        if as_json:
+            print_json(moved)
+            return
+        console().print(render.live_drain_view(moved))
+        return
     with reported(), _client(url, token) as client:
         obj = client.host_drain(host)
     if as_json:

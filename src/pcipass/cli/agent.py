@@ -6,8 +6,10 @@ from __future__ import annotations
 import logging
 import socket
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import quote
 
 import typer
 
@@ -21,8 +23,10 @@ from pcipass.cli.common import EXIT_ERROR, EXIT_USAGE, fail, reported
 from pcipass.cli.discover import ConfigOpt, DeviceSpecOpt, SysfsRootOpt, discover_inventory
 from pcipass.cli.specs import load_specs, spec_texts
 from pcipass.config import load_settings
+from pcipass.errors import InvalidConfig
 from pcipass.host.pciids import PciIds
 from pcipass.net.switch import load_switch_driver
+from pcipass.pci.device import HostKind
 from pcipass.pci.inventory import Inventory, valid_host_name
 from pcipass.virt.domain import VirtType
 from pcipass.virt.driver import DEFAULT_URI, DriverKind, open_driver
@@ -36,16 +40,50 @@ def host_cpus(inv: Inventory) -> dict[int, tuple[int, ...]]:
     return {n.id: n.cpus for n in inv.host.numa_nodes}
 
 
+def migration_uri(driver: DriverKind, state_dir: Path, host: str,
+                  given: str | None = None) -> str:
+    """Where other hosts' hypervisors reach this one for a live migration: ``given``
+    (``--migration-uri``), else the fake's ``fake:///STATE/virt``, else libvirt's
+    ``qemu+tcp://HOST/system``."""
+    if given:
+        return given
+    if driver is DriverKind.FAKE:
+        return f"fake://{quote(str((state_dir / 'virt').resolve()))}"
+    return f"qemu+tcp://{host}/system"
+
+
+def with_migration_uri(inv: Inventory, uri: str | None) -> Inventory:
+    """The inventory with ``uri`` in its host info (what the control plane migrates to)."""
+    return replace(inv, host=replace(inv.host, migration_uri=uri))
+
+
+def host_kind(given: HostKind | None, configured: str, driver: DriverKind) -> HostKind:
+    """What the host reports itself as (``--kind``, else ``[agent] kind``), checked against
+    the driver: a bare-metal host runs a bare-metal driver and a hypervisor does not.
+    :class:`~pcipass.errors.InvalidConfig` when they disagree."""
+    kind = given if given is not None else HostKind(configured)
+    if (kind is HostKind.BAREMETAL) != driver.baremetal:
+        raise InvalidConfig(
+            f"a {kind.value} host cannot run the {driver.value} driver: bare-metal hosts run "
+            "--driver baremetal-fake, hypervisors libvirt or fake", field="agent.kind")
+    return kind
+
+
+def with_kind(inv: Inventory, kind: HostKind) -> Inventory:
+    """The inventory with ``kind`` in its host info (which boots the control plane sends)."""
+    return replace(inv, host=replace(inv.host, kind=kind))
+
+
 def disk_overlays(driver: DriverKind, state_dir: Path) -> DiskOverlays:
     """qemu-img for a real hypervisor; recorded empty files beside the fake one's state."""
-    if driver is DriverKind.FAKE:
+    if driver is DriverKind.FAKE or driver.baremetal:
         return RecordingOverlays(state_dir / "virt" / "disks.jsonl")
     return QemuImgOverlays()
 
 
 def virt_type(driver: DriverKind, kvm: Path = Path("/dev/kvm")) -> VirtType:
     """KVM where the host has it; plain QEMU emulation (slow, but it boots) where not."""
-    return VirtType.KVM if driver is DriverKind.FAKE or kvm.exists() else VirtType.QEMU
+    return VirtType.KVM if driver is not DriverKind.LIBVIRT or kvm.exists() else VirtType.QEMU
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -77,9 +115,18 @@ def agent_command(
         "runs no tasks.")] = False,
     driver: Annotated[DriverKind, typer.Option(
         "--driver", help="How guests are run: libvirt, or fake (domains kept as files in "
-        "the state dir, for demos and tests).")] = DriverKind.LIBVIRT,
+        "the state dir, for demos and tests), or baremetal-fake (a bare-metal machine's "
+        "power kept as files, with --kind baremetal).")] = DriverKind.LIBVIRT,
+    kind_opt: Annotated[HostKind | None, typer.Option(
+        "--kind", help="What this host is: hypervisor, or baremetal (no hypervisor: one "
+        "server takes the whole machine) (\\[agent] kind, default hypervisor).",
+        show_default=False)] = None,
     libvirt_uri: Annotated[str, typer.Option(
         "--libvirt-uri", help="libvirt connection for --driver libvirt.")] = DEFAULT_URI,
+    migration_uri_opt: Annotated[str | None, typer.Option(
+        "--migration-uri", help="The libvirt URI other hosts migrate guests to this one by "
+        "(default qemu+tcp://HOST/system; the fake driver's is fake:///STATE_DIR/virt).",
+        show_default=False)] = None,
     task_wait: Annotated[float, typer.Option(
         "--task-wait", min=0.0, max=30.0, help="Seconds one task poll waits at the server "
         "for work (a long poll).")] = DEFAULT_WAIT_S,
@@ -112,13 +159,17 @@ def agent_command(
     root = sysfs_root if sysfs_root is not None else a.sysfs_root
     every = interval if interval is not None else a.interval
     directory = state_dir if state_dir is not None else a.state_dir
+    with reported(EXIT_USAGE):
+        kind = host_kind(kind_opt, a.kind, driver)
 
     setup_logging(logging.DEBUG if verbose else logging.INFO)
     pci_ids = PciIds.load()
     with ApiClient(url, secret) as client:
         agent = Agent(
             client=client, host=name,
-            discover=lambda: discover_inventory(root, specs, pci_ids=pci_ids, hostname=name),
+            discover=lambda: with_kind(with_migration_uri(
+                discover_inventory(root, specs, pci_ids=pci_ids, hostname=name),
+                migration_uri(driver, directory, name, migration_uri_opt)), kind),
             state_file=state_path(directory, name),
             interval=every, poll=poll if poll is not None else poll_period(every),
         )
@@ -131,7 +182,8 @@ def agent_command(
         logging.getLogger("pcipass.agent").info(
             "agent for %s reporting to %s every %.0fs (re-discovery every %.1fs), "
             "running tasks with the %s driver", name, url, agent.interval, agent.poll,
-            driver.value if driver is DriverKind.FAKE else f"libvirt driver at {libvirt_uri}")
+            driver.value if driver is not DriverKind.LIBVIRT
+            else f"libvirt driver at {libvirt_uri}")
         with reported(EXIT_USAGE):
             switch = load_switch_driver(switch_driver or a.switch_driver)
             programmer = make_programmer(sriov or a.sriov, agent.discover)

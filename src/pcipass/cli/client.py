@@ -190,6 +190,18 @@ class ApiClient:
         """What still runs on the host, and whether each server could move live."""
         return self._get(f"/v1/hosts/{_seg(host)}/drain")
 
+    def host_drain_live(self, host: str) -> JSON:
+        """Live-migrate every server of the host that can move; what stays, and why."""
+        result: JSON = self.request("POST", f"/v1/hosts/{_seg(host)}/drain",
+                                    body={"live_migrate": True})
+        return result
+
+    def live_migrate(self, ref: str, *, host: str | None = None) -> JSON:
+        """Start moving the running server to ``host`` (any that fits when None)."""
+        result: JSON = self.request("POST", f"/v1/servers/{_seg(ref)}/live-migrate",
+                                    body={"host": host} if host is not None else {})
+        return result
+
     def put_inventory(self, host: str, generation: int | None, inventory: Mapping[str, Any]
                       ) -> JSON:
         body = {"generation": generation, **inventory}
@@ -305,6 +317,33 @@ class ApiClient:
         params = [("force", "true")] if force else []
         result: JSON = self.request("DELETE", f"/v1/servers/{_seg(ref)}", params=params)
         return result
+
+    def resize_server(self, ref: str, *, flavor: str) -> JSON:
+        """Start moving the server to ``flavor`` (VERIFY_RESIZE once it runs there)."""
+        result: JSON = self.request("POST", f"/v1/servers/{_seg(ref)}/resize",
+                                    body={"flavor": flavor})
+        return result
+
+    def migrate_server(self, ref: str, *, host: str | None = None,
+                       auto_confirm: bool = False) -> JSON:
+        """Start a cold migration to ``host`` (any other that fits when None)."""
+        body: dict[str, Any] = {"auto_confirm": auto_confirm}
+        if host is not None:
+            body["host"] = host
+        result: JSON = self.request("POST", f"/v1/servers/{_seg(ref)}/migrate", body=body)
+        return result
+
+    def confirm_resize(self, ref: str) -> JSON:
+        result: JSON = self.request("POST", f"/v1/servers/{_seg(ref)}/resize/confirm")
+        return result
+
+    def revert_resize(self, ref: str) -> JSON:
+        result: JSON = self.request("POST", f"/v1/servers/{_seg(ref)}/resize/revert")
+        return result
+
+    def server_moves(self, ref: str) -> list[JSON]:
+        """The server's resizes and migrations, oldest first."""
+        return list(self._get(f"/v1/servers/{_seg(ref)}/moves").get("moves") or [])
 
     def attach_device(self, ref: str, *, alias: str, count: int = 1) -> JSON:
         """Hot-plug ``count`` devices of ``alias`` from the server's own host."""
@@ -456,7 +495,7 @@ def host_record(obj: Mapping[str, Any]) -> HostRecord:
         generation=int(obj.get("generation") or 0),
         info=parse_host({"hostname": obj.get("name"), "cpus": obj.get("cpus"),
                          "memory_mb": obj.get("memory_mb"),
-                         "numa_nodes": obj.get("numa_nodes")}),
+                         "numa_nodes": obj.get("numa_nodes"), "kind": obj.get("kind")}),
         last_report_at=_datetime(obj.get("last_report_at")),
         device_counts={str(k): int(v) for k, v in counts.items()},
         reserved=bool(obj.get("reserved")),

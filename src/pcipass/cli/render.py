@@ -123,12 +123,13 @@ def _counts_text(counts: Mapping[str, int]) -> str:
 
 def hosts_table(hosts: Sequence[HostRecord], *, title: str = "Hosts") -> Table:
     table = Table(title=title, title_justify="left")
-    for name in ("host", "generation", "CPUs", "memory MiB", "NUMA", "devices", "by state",
-                 "last report", "reserved"):
+    for name in ("host", "kind", "generation", "CPUs", "memory MiB", "NUMA", "devices",
+                 "by state", "last report", "reserved"):
         table.add_column(name, overflow="fold", no_wrap=name == "host")
     for h in hosts:
         table.add_row(
-            h.name, str(h.generation), str(h.info.cpus), str(h.info.memory_mb),
+            h.name, h.info.kind.value, str(h.generation), str(h.info.cpus),
+            str(h.info.memory_mb),
             str(len(h.info.numa_nodes)), str(h.device_counts.get("total", 0)),
             _counts_text(h.device_counts),
             h.last_report_at.isoformat(timespec="seconds") if h.last_report_at else "never",
@@ -146,6 +147,7 @@ def reserved_text(h: HostRecord) -> str:
 
 def host_view(h: HostRecord) -> RenderableType:
     table = _kv_table(f"Host {h.name}", [
+        ("kind", h.info.kind.value),
         ("generation", str(h.generation)),
         ("CPUs", str(h.info.cpus)),
         ("memory MiB", str(h.info.memory_mb)),
@@ -437,6 +439,23 @@ def events_table(events: Sequence[EventRecord], *, title: str = "Events") -> Tab
     return table
 
 
+def moves_table(moves: Sequence[Mapping[str, Any]], *, title: str = "Moves") -> Table:
+    """A server's resizes and migrations (``GET /v1/servers/{ref}/moves``), oldest first."""
+    table = Table(title=title, title_justify="left")
+    for name in ("id", "kind", "status", "from", "to", "flavor", "message"):
+        table.add_column(name, overflow="fold", no_wrap=name in ("id", "kind", "status"))
+    style = {"done": "green", "reverted": "cyan", "failed": "red"}
+    for m in moves:
+        status = str(m.get("status"))
+        flavor = str(m.get("old_flavor"))
+        if m.get("new_flavor") != m.get("old_flavor"):
+            flavor += f" -> {m.get('new_flavor')}"
+        table.add_row(str(m.get("id")), str(m.get("kind")),
+                      Text(status, style=style.get(status, "yellow")), str(m.get("source")),
+                      str(m.get("dest")), flavor, _opt(m.get("message")))
+    return table
+
+
 def drain_view(obj: Mapping[str, Any], servers: Sequence[ServerRecord]) -> RenderableType:
     """``GET /v1/hosts/{host}/drain``: what still runs there, and whether each could move
     live (``servers``: the entries' servers, parsed)."""
@@ -455,8 +474,29 @@ def drain_view(obj: Mapping[str, Any], servers: Sequence[ServerRecord]) -> Rende
         table.add_row(s.name, s.id, status_text(s.status), devices or "-", nics or "-",
                       Text("yes" if ok else "no", style="green" if ok else "red"),
                       "; ".join(str(b) for b in entry.get("blockers") or ()) or "-")
-    note = Text(str(obj.get("note") or "live migration not yet available"), style="dim")
+    note = Text(str(obj.get("note") or ""), style="dim")
     return Group(head, table, note)
+
+
+def live_drain_view(obj: Mapping[str, Any]) -> RenderableType:
+    """``POST /v1/hosts/{host}/drain`` with ``live_migrate``: what started moving, what stays."""
+    host = obj.get("host") or {}
+    moving = list(obj.get("migrating") or ())
+    stays = list(obj.get("not_moved") or ())
+    head = Text(f"Host {host.get('name')}: {len(moving)} server"
+                f"{'s' if len(moving) != 1 else ''} live-migrating, {len(stays)} staying")
+    table = Table(title="Servers", title_justify="left")
+    for name in ("name", "id", "status", "outcome", "why"):
+        table.add_column(name, overflow="fold", no_wrap=name in ("name", "status"))
+    for s in moving:
+        table.add_row(str(s.get("name")), str(s.get("id")), str(s.get("status")),
+                      Text("migrating", style="green"), "-")
+    for n in stays:
+        s = n.get("server") or {}
+        why = "; ".join(str(b) for b in n.get("blockers") or ()) or str(n.get("reason") or "-")
+        table.add_row(str(s.get("name")), str(s.get("id")), str(s.get("status")),
+                      Text("stays", style="red"), why)
+    return Group(head, table)
 
 
 # --- networks and ports ---------------------------------------------------------------------

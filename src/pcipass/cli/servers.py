@@ -257,6 +257,87 @@ def server_detach_interface(
     _print_server(obj, as_json)
 
 
+@server_app.command("resize")
+def server_resize(
+    server: ServerArg,
+    flavor: Annotated[str, typer.Option("--flavor", help="The new flavor, by name or id.")],
+    url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Move a server to another flavor: the new flavor's devices are claimed (on its own
+    host when they fit there, else another), the server is rebuilt there and waits in
+    VERIFY_RESIZE for `resize-confirm` (frees the old devices) or `resize-revert` (frees
+    the new ones and restarts it where it was)."""
+    with reported(), ApiClient(url, token) as client:
+        obj = client.resize_server(server, flavor=flavor)
+    _print_server(obj, as_json)
+
+
+@server_app.command("migrate")
+def server_migrate(
+    server: ServerArg,
+    host: Annotated[str | None, typer.Option(
+        "--host", help="The destination host (default: any other host that fits).",
+        show_default=False)] = None,
+    auto_confirm: Annotated[bool, typer.Option(
+        "--auto-confirm", help="Confirm as soon as it runs on the destination.")] = False,
+    url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Admins: cold-migrate a server (stopped, rebuilt on another host with the same
+    devices claimed there). Then confirm or revert as a resize, unless --auto-confirm."""
+    with reported(), ApiClient(url, token) as client:
+        obj = client.migrate_server(server, host=host, auto_confirm=auto_confirm)
+    _print_server(obj, as_json)
+
+
+@server_app.command("resize-confirm")
+def server_resize_confirm(server: ServerArg, url: UrlOpt = DEFAULT_URL,
+                          token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+    """Keep a resized or migrated server where it is now; its old devices are freed once
+    the old host has destroyed what it kept."""
+    with reported(), ApiClient(url, token) as client:
+        obj = client.confirm_resize(server)
+    _print_server(obj, as_json)
+
+
+@server_app.command("resize-revert")
+def server_resize_revert(server: ServerArg, url: UrlOpt = DEFAULT_URL,
+                         token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+    """Send a resized or migrated server back where it was, with its old flavor; the new
+    devices are freed."""
+    with reported(), ApiClient(url, token) as client:
+        obj = client.revert_resize(server)
+    _print_server(obj, as_json)
+
+
+@server_app.command("moves")
+def server_moves(server: ServerArg, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
+                 as_json: JsonOpt = False) -> None:
+    """A server's resizes and migrations, oldest first."""
+    with reported(), ApiClient(url, token) as client:
+        moves = client.server_moves(server)
+    if as_json:
+        print_json({"moves": moves})
+        return
+    console().print(render.moves_table(moves, title=f"Moves of server {server}"))
+
+
+@server_app.command("live-migrate")
+def server_live_migrate(
+    server: ServerArg,
+    host: Annotated[str | None, typer.Option(
+        "--host", help="The destination host (default: any host that fits).",
+        show_default=False)] = None,
+    url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Admins: move a running server to another host without stopping it. Its direct
+    (VF) NICs are unplugged for the move and plugged again on the destination's VFs; its
+    macvtap NICs move with it. Refused, naming each device, when a device cannot move
+    live. Follow the steps with `server events`."""
+    with reported(), ApiClient(url, token) as client:
+        obj = client.live_migrate(server, host=host)
+    _print_server(obj, as_json)
+
+
 def explain_command(
     flavor: Annotated[str, typer.Option("--flavor", help="Flavor name or id.")],
     image: Annotated[str | None, typer.Option("--image", help="Image name or id.",

@@ -68,6 +68,14 @@ class NumaNode:
     memory_mb: int = 0
 
 
+class HostKind(StrEnum):
+    """What runs servers on a host: a hypervisor (many guests, devices passed through), or
+    nothing (bare metal: one server takes the whole machine and every device with it)."""
+
+    HYPERVISOR = "hypervisor"
+    BAREMETAL = "baremetal"
+
+
 @dataclass(frozen=True, slots=True)
 class HostInfo:
     """The host's compute capacity: what the scheduler filters on besides devices."""
@@ -76,3 +84,7 @@ class HostInfo:
     cpus: int = 0
     memory_mb: int = 0
     numa_nodes: tuple[NumaNode, ...] = ()
+    kind: HostKind = HostKind.HYPERVISOR
+    #: Where another host's hypervisor reaches this one for a live migration (libvirt's
+    #: ``qemu+tcp://HOST/system``, the fake's ``fake:///STATE``); None: not reported.
+    migration_uri: str | None = None

@@ -14,7 +14,7 @@ from typing import Any
 
 from pcipass.errors import InvalidAddress, InvalidInventory
 from pcipass.pci.address import PciAddress
-from pcipass.pci.device import DevType, HostInfo, NetDev, NumaNode, PciDevice
+from pcipass.pci.device import DevType, HostInfo, HostKind, NetDev, NumaNode, PciDevice
 
 _HEX4 = re.compile(r"^[0-9a-f]{4}$")
 _HEX6 = re.compile(r"^[0-9a-f]{6}$")
@@ -73,6 +73,9 @@ def host_to_json(host: HostInfo) -> JSON:
         "numa_nodes": [
             {"id": n.id, "cpus": list(n.cpus), "memory_mb": n.memory_mb} for n in host.numa_nodes
         ],
+        **({"migration_uri": host.migration_uri} if host.migration_uri is not None else {}),
+        # Bare metal only: a hypervisor's report reads as it did before kinds existed.
+        **({"kind": host.kind.value} if host.kind is not HostKind.HYPERVISOR else {}),
     }
 
 
@@ -220,7 +223,19 @@ def parse_host(obj: Any, where: str = "host") -> HostInfo:
         cpus=_count(obj, "cpus", where) or 0,
         memory_mb=_count(obj, "memory_mb", where) or 0,
         numa_nodes=tuple(nodes),
+        migration_uri=_get(obj, "migration_uri", where, str) or None,
+        kind=_host_kind(obj, where),
     )
+
+
+def _host_kind(obj: Mapping[str, Any], where: str) -> HostKind:
+    raw = _get(obj, "kind", where, str, default=HostKind.HYPERVISOR.value)
+    try:
+        return HostKind(raw)
+    except ValueError:
+        raise InvalidInventory(
+            f"{where}.kind {raw!r} is not one of {', '.join(k.value for k in HostKind)}",
+            field=f"{where}.kind") from None
 
 
 def parse_inventory(obj: Any) -> Inventory:

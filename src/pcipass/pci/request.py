@@ -38,12 +38,14 @@ from pcipass.pci.device import DevType, PciDevice
 __all__ = [
     "ALIAS_PREFERRED_SPEC",
     "ALIAS_SPEC",
+    "BAREMETAL_SPEC",
     "FLAVOR_NUMA_NODES",
     "FLAVOR_PCI_NUMA_POLICY",
     "IMAGE_NUMA_NODES",
     "IMAGE_PCI_NUMA_POLICY",
     "IMAGE_SUPPORTED_ALIASES",
     "PciRequest",
+    "baremetal_requested",
     "numa_node_count",
     "parse_alias_counts",
     "pci_numa_policy",
@@ -61,6 +63,9 @@ FLAVOR_NUMA_NODES = "hw:numa_nodes"
 IMAGE_PCI_NUMA_POLICY = "hw_pci_numa_affinity_policy"
 IMAGE_NUMA_NODES = "hw_numa_nodes"
 IMAGE_SUPPORTED_ALIASES = "hw_pci_supported_aliases"
+# A flavor for a whole bare-metal machine (``"true"``): it lands only on a bare-metal host with
+# no server, and takes every assignable device there.
+BAREMETAL_SPEC = "pcipass:baremetal"
 
 # Nova's validator pattern (nova/api/validation/extra_specs/pci_passthrough.py), ASCII digits.
 _ALIAS_COUNTS = re.compile(r"[^:]+:[0-9]+(?:\s*,\s*[^:]+:[0-9]+)*")
@@ -270,9 +275,24 @@ def pci_requests(extra_specs: Specs, image_props: Specs | None, aliases: Mapping
     return tuple(out)
 
 
+def baremetal_requested(extra_specs: Specs) -> bool:
+    """Whether the flavor asks for a whole bare-metal machine (``pcipass:baremetal``:
+    ``"true"`` or ``"false"``, any case; absent is false)."""
+    value = extra_specs.get(BAREMETAL_SPEC)
+    if value is None:
+        return False
+    text = value.strip().lower() if isinstance(value, str) else None
+    if text not in ("true", "false"):
+        raise InvalidPciRequest(
+            f"flavor extra spec {BAREMETAL_SPEC} {value!r} is not \"true\" or \"false\"",
+            field=_flavor_field(BAREMETAL_SPEC))
+    return text == "true"
+
+
 def validate_flavor_specs(extra_specs: Specs, aliases: Mapping[str, Alias], *,
                           vcpus: int | None = None, ram_mb: int | None = None) -> None:
     """Refuse, at flavor creation, what would make every boot of it fail."""
+    baremetal_requested(extra_specs)
     for key in (ALIAS_SPEC, ALIAS_PREFERRED_SPEC):
         for name, _count in _counts(extra_specs, key):
             _resolve(name, key, aliases)

@@ -22,7 +22,7 @@ Soft requests are granted greedily, in order, on top of the hard choice.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from pcipass.pci.address import PciAddress
@@ -33,7 +33,7 @@ from pcipass.sched.numa import GuestNodes, Locality, allowed, cell_choices, loca
 from pcipass.sched.snapshot import BootRequest, HostView
 from pcipass.sched.units import Unit, free_units
 
-__all__ = ["DEFAULT_MAX_STEPS", "Assignment", "Fit", "NoFit", "NoFitCode", "fit",
+__all__ = ["DEFAULT_MAX_STEPS", "Assignment", "Fit", "NoFit", "NoFitCode", "fit", "fit_machine",
            "shortage_verdict"]
 
 DEFAULT_MAX_STEPS = 50_000
@@ -51,6 +51,8 @@ class NoFitCode(StrEnum):
     PCI_TOGETHER = "pci_together"          # each request fits alone, not all at once
     SEARCH_LIMIT = "search_limit"          # gave up: the device search grew too large
     HOST_RESERVED = "host_reserved"        # an admin reserved (is draining) the host
+    HOST_OCCUPIED = "host_occupied"        # bare metal: a server has the machine already
+    HOST_KIND = "host_kind"                # not the kind of host the boot needs (bare metal)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,10 +99,14 @@ class Fit:
     remote: int = 0            # chosen devices not on the guest's NUMA nodes
     free_vcpus: int = 0        # left after the boot
     free_ram_mb: int = 0
+    # Bare metal (:func:`fit_machine`): the free devices that come with the whole machine
+    # besides those the requests got (no request's, like a rider's).
+    machine: tuple[PciAddress, ...] = ()
 
     @property
     def addresses(self) -> tuple[PciAddress, ...]:
-        return tuple(sorted(a for x in self.assignments for a in x.addresses))
+        return tuple(sorted((*(a for x in self.assignments for a in x.addresses),
+                             *self.machine)))
 
     @property
     def granted_soft(self) -> int:
@@ -393,6 +399,48 @@ def fit(host: HostView, req: BootRequest, *, max_steps: int = DEFAULT_MAX_STEPS)
         free_vcpus=host.free_vcpus - req.vcpus,
         free_ram_mb=host.free_ram_mb - req.ram_mb,
     )
+
+
+def fit_machine(host: HostView, req: BootRequest, *,
+                max_steps: int = DEFAULT_MAX_STEPS) -> Fit | NoFit:
+    """A bare-metal boot on ``host``: the whole machine, or nothing.
+
+    The machine must be free (no device held by a server: one server per machine) and its
+    devices must satisfy the requests, judged as :func:`fit` judges them (whole units, PF/VF
+    exclusion) but without a guest NUMA topology (there is no guest). The requests get what
+    ``fit`` picks; every other free unit comes along in ``machine``, PFs before their VFs
+    and never both (a PF a request's VF leaves unusable stays behind, as do the VFs of a PF
+    taken). The host's vCPUs and RAM all go (nothing is left free). ``free_matching`` counts
+    every device the machine brings, so the weigher's ``pack`` picks the smallest machine
+    that satisfies the boot and ``spread`` the largest. Never changes its inputs.
+    """
+    free, held = free_units(host.devices)
+    if held:
+        return _nofit(host.name, NoFitCode.HOST_OCCUPIED, ("runs", "run"),
+                      "a server already (a bare-metal machine takes one)",
+                      f"{_plural(len(held), 'device')} held")
+    got = fit(host, BootRequest(req.vcpus, req.ram_mb, None, req.pci), max_steps=max_steps)
+    if isinstance(got, NoFit):
+        return got
+    taken = set(got.addresses)
+    pf_used: set[PciAddress] = set()
+    vf_used: set[PciAddress] = set()
+    for unit in free:
+        if taken.intersection(unit.addresses):
+            pf_used |= unit.pfs
+            vf_used |= unit.parents
+    machine: list[PciAddress] = []
+    for unit in sorted(free, key=lambda u: (not u.pfs, u.key)):
+        if taken.intersection(unit.addresses):
+            continue
+        if unit.pfs & vf_used or unit.parents & pf_used:
+            continue
+        pf_used |= unit.pfs
+        vf_used |= unit.parents
+        machine.extend(unit.addresses)
+    brought = len(taken) + len(machine)
+    return replace(got, cells=(), machine=tuple(sorted(machine)), wants_pci=True,
+                   free_matching=brought, remote=0, free_vcpus=0, free_ram_mb=0)
 
 
 def _order_wheres(search: _Search, wheres: list[GuestNodes | None], hard: list[int],

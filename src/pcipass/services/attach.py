@@ -23,13 +23,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from pcipass.config import Settings
-from pcipass.errors import Conflict, InvalidInput, PcipassError
+from pcipass.errors import (
+    AliasNotSupportedByImage,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PcipassError,
+)
 from pcipass.pci.address import PciAddress
-from pcipass.pci.request import PciRequest
+from pcipass.pci.request import IMAGE_SUPPORTED_ALIASES, PciRequest, supported_aliases
 from pcipass.records import PortRecord, Principal, ServerRecord
 from pcipass.sched.fit import Fit, NoFit, fit
 from pcipass.sched.snapshot import BootRequest, HostView
 from pcipass.services.access import tenant
+from pcipass.services.baremetal import refuse_baremetal
 from pcipass.services.catalog import Aliases
 from pcipass.services.networks import NetworkServices, nic_requests
 from pcipass.store import Store
@@ -87,7 +94,10 @@ class AttachServices(NetworkServices):
     aliases: Aliases
 
     def _server(self, p: Principal, ref: str, what: str) -> ServerRecord:
-        return self.store.get_server(ref, project=tenant(p, what))
+        """The server to hot-plug on; a bare-metal one is a 409 ``baremetal_server``."""
+        server = self.store.get_server(ref, project=tenant(p, what))
+        refuse_baremetal(self.store, server, what)
+        return server
 
     def attach_device(self, p: Principal, ref: str, *, alias: str, count: int = 1
                       ) -> ServerRecord:
@@ -98,6 +108,7 @@ class AttachServices(NetworkServices):
             raise InvalidInput(f"count must be a whole number from 1 to {MAX_COUNT}",
                                field="count")
         found = self.aliases.get(alias)
+        self._image_drives(server, found.name)
         request = PciRequest(alias=found.name, count=count, alternatives=found.entries,
                              numa_policy=found.numa_policy)
 
@@ -110,6 +121,19 @@ class AttachServices(NetworkServices):
         if isinstance(got, Refused):
             raise refusal(server, str(request), got)
         return got
+
+    def _image_drives(self, server: ServerRecord, alias: str) -> None:
+        """Refuse, as a boot would, an alias the server's image says its guest cannot drive."""
+        try:
+            image = self.store.get_image(server.image, project=server.project)
+        except NotFound:
+            return  # the image is gone: nothing is left to say what the guest drives
+        supported = supported_aliases(image.properties, image=image.name)
+        if supported is not None and alias not in supported:
+            listed = ", ".join(sorted(supported)) or "none"
+            raise AliasNotSupportedByImage(
+                f"image {image.name!r} of server {server.name} does not support PCI alias "
+                f"{alias!r} ({IMAGE_SUPPORTED_ALIASES}: {listed})", field="alias")
 
     def detach_device(self, p: Principal, ref: str, *, address: str) -> ServerRecord:
         """Queue the unplug of a device the server holds (with the rest of its IOMMU unit);
@@ -150,4 +174,5 @@ class AttachServices(NetworkServices):
         """Queue the unplug of one of the server's ports (by id or name)."""
         scope = tenant(p, "detach interfaces")
         server = self.store.get_server(ref, project=scope)
+        refuse_baremetal(self.store, server, "detach interfaces")
         return self.store.detach_port(server.id, port, project=scope)

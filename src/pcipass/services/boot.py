@@ -26,22 +26,25 @@ narrowing left out, and ``fit``'s verdicts for the ones it let through, worded a
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import chain
 from typing import Any
 
 from pcipass.errors import ClaimConflict
+from pcipass.pci.alias import Alias
 from pcipass.pci.device import PciDevice
-from pcipass.pci.request import PciRequest
-from pcipass.records import ServerRecord
+from pcipass.pci.request import PciRequest, numa_node_count, pci_requests
+from pcipass.records import FlavorRecord, ImageRecord, ServerRecord
 from pcipass.sched.explain import explain
-from pcipass.sched.fit import Fit, NoFit, NoFitCode, fit, shortage_verdict
+from pcipass.sched.fit import Fit, NoFit, NoFitCode, fit, fit_machine, shortage_verdict
 from pcipass.sched.snapshot import BootRequest, HostView
 from pcipass.sched.weigh import WeighPolicy, weigh
+from pcipass.services.baremetal import machine_verdicts
 from pcipass.store import Store
 from pcipass.store.candidates import Counts, Need
-from pcipass.store.claims import NewServer, reserved_verdict
+from pcipass.store.claims import Decide, NewServer, kind_verdict, reserved_verdict
+from pcipass.store.usage import over_quota
 
 # Hosts judged with ``fit`` per pass at most: past this, a boot that passes the SQL
 # narrowing everywhere but fits nowhere is refused, saying how many were not judged.
@@ -62,6 +65,7 @@ def count_verdicts(req: BootRequest, counts: Counts) -> list[tuple[int, NoFit]]:
     out.append((counts.vcpus, NoFit("", NoFitCode.VCPUS, "lacks vCPUs", "lack vCPUs")))
     out.append((counts.ram, NoFit("", NoFitCode.RAM, "lacks RAM", "lack RAM")))
     out.append((counts.reserved, reserved_verdict("")))
+    out.append((counts.baremetal, kind_verdict("", False)))
     return [(n, v) for n, v in out if n]
 
 
@@ -108,6 +112,10 @@ def hard_only(req: BootRequest) -> BootRequest:
 # host no longer passes the narrowing (else the narrowing's counts were only too kind: a
 # VF in one IOMMU group with its PF counts in SQL, not in ``fit``).
 RACE_CODES = frozenset({NoFitCode.PCI_COUNT, NoFitCode.VCPUS, NoFitCode.RAM})
+# ... and for a bare-metal boot, the machine taken meanwhile (or reserved, or its kind
+# changed by its agent's report).
+MACHINE_RACE_CODES = frozenset({NoFitCode.HOST_OCCUPIED, NoFitCode.HOST_RESERVED,
+                                NoFitCode.HOST_KIND})
 
 
 @dataclass
@@ -120,6 +128,44 @@ class Outcome:
     capped: bool = False
 
 
+def quota_trim(req: BootRequest, project: str, limits: Mapping[str, int],
+               held: Mapping[str, int]) -> tuple[BootRequest, tuple[PciRequest, ...]]:
+    """Refuse a boot whose hard requests would take ``project`` over a quota; drop the
+    soft ones its quota cannot cover (returned apart: they are not granted). The claim
+    checks again, under a lock, with what the project holds then."""
+    hard: dict[str, int] = {}
+    for r in req.hard:
+        hard[r.alias] = hard.get(r.alias, 0) + r.count
+    problem = over_quota(project, hard, limits, held)
+    if problem is not None:
+        raise problem
+    room = {a: n - held.get(a, 0) - hard.get(a, 0) for a, n in limits.items()}
+    kept: list[PciRequest] = []
+    dropped: list[PciRequest] = []
+    for r in req.pci:
+        if r.soft and r.alias in room:
+            if r.count > room[r.alias]:
+                dropped.append(r)
+                continue
+            room[r.alias] -= r.count
+        kept.append(r)
+    return replace(req, pci=tuple(kept)), tuple(dropped)
+
+
+def boot_request(fl: FlavorRecord, im: ImageRecord, aliases: Mapping[str, Alias]
+                 ) -> BootRequest:
+    """What a flavor and image ask of a host: vCPUs, RAM, guest NUMA nodes, PCI requests."""
+    pci = pci_requests(fl.extra_specs, im.properties, aliases, image=im.name or None)
+    nodes = numa_node_count(fl.extra_specs, im.properties, vcpus=fl.vcpus,
+                            ram_mb=fl.ram_mb, image=im.name or None)
+    return BootRequest(fl.vcpus, fl.ram_mb, nodes, pci)
+
+
+# Claims on a host for a placement other than a boot's (a move's destination): given the
+# host, the decision and the acceptance test, as :meth:`pcipass.store.Store.claim`.
+Claimer = Callable[[int, Decide, Callable[[Fit], bool] | None], ServerRecord | Fit | NoFit]
+
+
 @dataclass
 class Placer:
     """One boot's search (see the module). Candidate hosts come in the weigher's order; the
@@ -128,7 +174,11 @@ class Placer:
     nodes). Otherwise hosts are judged from reads, up to ``window`` fits are ranked with
     ``sched.weigh``, and the best claimed. A claim that finds the host emptied by another
     boot meanwhile is a lost race: the candidates are read again, up to ``max_attempts``
-    races."""
+    races.
+
+    A move's destination is placed the same way: ``claimer`` claims instead of a boot's
+    claim, ``exclude`` names hosts never to try (a migration's source), ``only`` the one
+    host to try (a host the admin named)."""
 
     store: Store
     policy: WeighPolicy
@@ -137,10 +187,28 @@ class Placer:
     attempts: int = 0
     lost: list[str] = field(default_factory=list)
     rng: random.Random = field(default_factory=random.Random)
+    # A whole bare-metal machine (:mod:`pcipass.services.baremetal`): free machines are
+    # narrowed instead of hypervisors, judged by ``fit_machine``, and all fits of a window
+    # weighed (the smallest machine that satisfies the boot under ``pack``).
+    baremetal: bool = False
+    claimer: Claimer | None = None
+    exclude: frozenset[int] = frozenset()
+    only: int | None = None
+
+    def judge(self, view: HostView, req: BootRequest) -> Fit | NoFit:
+        return fit_machine(view, req) if self.baremetal else fit(view, req)
 
     def place(self, server: NewServer, req: BootRequest,
               kinds: Mapping[int, PciDevice] | None = None) -> ServerRecord:
         """``kinds``: the pool kinds when the caller read them already."""
+        found, fault = self.search(server, req, kinds)
+        if found is not None:
+            return found
+        return self.store.record_failure(server, fault)
+
+    def search(self, server: NewServer, req: BootRequest,
+               kinds: Mapping[int, PciDevice] | None = None) -> tuple[ServerRecord | None, str]:
+        """What the claim returned, or None and why nothing could be claimed."""
         if kinds is None:
             kinds = self.store.kinds()
         passes = [as_hard(req), req] if req.soft else [req]
@@ -148,12 +216,17 @@ class Placer:
         for pass_req in passes:
             outcome = self.attempt(server, pass_req, needs(pass_req.hard, kinds))
             if outcome.server is not None:
-                return outcome.server
+                return outcome.server, ""
             if self.out_of_attempts:
                 break
         final = passes[-1]
-        return self.store.record_failure(server, self.fault(final, needs(final.hard, kinds),
-                                                            outcome))
+        return None, self.fault(final, needs(final.hard, kinds), outcome)
+
+    def _claim(self, server: NewServer, host_id: int, decide: Decide,
+               accept: Callable[[Fit], bool] | None = None) -> ServerRecord | Fit | NoFit:
+        if self.claimer is not None:
+            return self.claimer(host_id, decide, accept)
+        return self.store.claim(server, host_id, decide, accept=accept)
 
     @property
     def out_of_attempts(self) -> bool:
@@ -161,20 +234,21 @@ class Placer:
 
     def attempt(self, server: NewServer, req: BootRequest, need: Sequence[Need]) -> Outcome:
         out = Outcome()
-        seen: set[int] = set()
+        seen: set[int] = set(self.exclude)
         buffer: list[tuple[int, Fit]] = []
 
         def decide(view: HostView) -> Fit | NoFit:
-            return fit(view, req)
+            return self.judge(view, req)
 
         def perfect(f: Fit) -> bool:
-            return _perfect(f, req)
+            return not self.baremetal and _perfect(f, req)
 
         while not self.out_of_attempts:
             limit = self.window + len(seen)
             page = self.store.candidates(need, req.vcpus, req.ram_mb,
                                          spread=self.policy is WeighPolicy.SPREAD,
-                                         limit=limit)
+                                         limit=limit, baremetal=self.baremetal,
+                                         only=self.only)
             fresh = [c for c in page if c.host_id not in seen][:self.window]
             if not fresh:
                 break
@@ -192,14 +266,15 @@ class Placer:
                 seen.add(c.host_id)
                 out.examined += 1
                 if not buffer:
-                    got = self.store.claim(server, c.host_id, decide, accept=perfect)
+                    got = self._claim(server, c.host_id, decide, accept=perfect)
                     if isinstance(got, ServerRecord):
                         out.server = got
                         return out
                     if isinstance(got, NoFit):
                         out.verdicts.append(got)
-                        if got.code in RACE_CODES and not self.store.passes(
-                                need, req.vcpus, req.ram_mb, c.host_id):
+                        if got.code in RACE_CODES | MACHINE_RACE_CODES and not \
+                                self.store.passes(need, req.vcpus, req.ram_mb, c.host_id,
+                                                  baremetal=self.baremetal):
                             self.race(got.host)   # it passed the narrowing a moment ago
                             raced = True
                             break
@@ -209,7 +284,7 @@ class Placer:
                     views = self.store.host_views([c.host_id])
                     if not views:
                         continue
-                    verdict = fit(views[0], req)
+                    verdict = self.judge(views[0], req)
                     if isinstance(verdict, NoFit):
                         out.verdicts.append(verdict)
                         continue
@@ -236,13 +311,13 @@ class Placer:
         ids = {f.host: host_id for host_id, f in fits}
 
         def decide(view: HostView) -> Fit | NoFit:
-            return fit(view, req)
+            return self.judge(view, req)
 
         for best in weigh((f for _i, f in fits), self.policy):
             if self.out_of_attempts:
                 return False
             try:
-                got = self.store.claim(server, ids[best.host], decide)
+                got = self._claim(server, ids[best.host], decide)
             except ClaimConflict:
                 self.race(best.host)
                 continue
@@ -262,6 +337,13 @@ class Placer:
                     f"devices first on {len(self.lost)} "
                     f"{'host' if len(self.lost) == 1 else 'hosts'} ({hosts}); gave up after "
                     f"{self.max_attempts} attempts")
+        if self.baremetal:
+            machines = self.store.machine_counts(need, req.vcpus, req.ram_mb)
+            # Hosts reserved or taken while this boot tried them are in the counts already.
+            verdicts = [v for v in out.verdicts if v.code not in MACHINE_RACE_CODES]
+            message = sentence(req, machine_verdicts(req, machines), verdicts)
+            return message.replace("No host can satisfy", "No bare-metal machine can satisfy",
+                                   1)
         counts = self.store.placement_counts(need, req.vcpus, req.ram_mb)
         # A host reserved while this boot tried it is in the counts already.
         verdicts = [v for v in out.verdicts if v.code is not NoFitCode.HOST_RESERVED]

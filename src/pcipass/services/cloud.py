@@ -15,7 +15,7 @@ from datetime import datetime
 from pcipass.config import Settings
 from pcipass.errors import InvalidInput, NotFound, PcipassError
 from pcipass.pci.alias import Alias, NumaPolicy
-from pcipass.pci.request import PciRequest, numa_node_count, pci_numa_policy, pci_requests
+from pcipass.pci.request import PciRequest, pci_numa_policy
 from pcipass.records import (
     EventRecord,
     FlavorRecord,
@@ -30,46 +30,24 @@ from pcipass.records import (
 )
 from pcipass.sched.snapshot import BootRequest
 from pcipass.sched.weigh import WeighPolicy
-from pcipass.services import catalog, drain
+from pcipass.services import baremetal, catalog, drain
 from pcipass.services.access import ADMIN_PROJECT, acting_project, admin, tenant
 from pcipass.services.attach import AttachServices
-from pcipass.services.boot import Placer
+from pcipass.services.boot import Placer, boot_request, quota_trim
 from pcipass.services.explain import Explanation, explain_boot
+from pcipass.services.live import LiveServices
 from pcipass.services.networks import nic_requests, planned_requests
 from pcipass.services.tasks import Tasks
 from pcipass.store import Store
 from pcipass.store.claims import NewServer
-from pcipass.store.usage import over_quota
 
 
-def quota_trim(req: BootRequest, project: str, limits: Mapping[str, int],
-               held: Mapping[str, int]) -> tuple[BootRequest, tuple[PciRequest, ...]]:
-    """Refuse a boot whose hard requests would take ``project`` over a quota; drop the
-    soft ones its quota cannot cover (returned apart: they are not granted). The claim
-    checks again, under a lock, with what the project holds then."""
-    hard: dict[str, int] = {}
-    for r in req.hard:
-        hard[r.alias] = hard.get(r.alias, 0) + r.count
-    problem = over_quota(project, hard, limits, held)
-    if problem is not None:
-        raise problem
-    room = {a: n - held.get(a, 0) - hard.get(a, 0) for a, n in limits.items()}
-    kept: list[PciRequest] = []
-    dropped: list[PciRequest] = []
-    for r in req.pci:
-        if r.soft and r.alias in room:
-            if r.count > room[r.alias]:
-                dropped.append(r)
-                continue
-            room[r.alias] -= r.count
-        kept.append(r)
-    return replace(req, pci=tuple(kept)), tuple(dropped)
-
-
-class Cloud(AttachServices):
+class Cloud(AttachServices, LiveServices):
     """Aliases, flavors, images, networks, ports, servers, quotas and usage over one store
     (networks and ports: :class:`~pcipass.services.networks.NetworkServices`; hot attach and
-    detach: :class:`~pcipass.services.attach.AttachServices`)."""
+    detach: :class:`~pcipass.services.attach.AttachServices`; resize and migration, cold and
+    live: :class:`~pcipass.services.live.LiveServices` over
+    :class:`~pcipass.services.moves.MoveServices`)."""
 
     def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
@@ -163,6 +141,9 @@ class Cloud(AttachServices):
         fl, im = got.flavor, got.image
         req = self._boot_request(fl, im, self.aliases.combine(got.alias_entries))
         req, dropped = quota_trim(req, proj, got.limits, got.held)
+        machine = baremetal.is_baremetal(fl)
+        if machine:
+            baremetal.check_nics(fl, nics)
         resolved = self.resolve_nics(p, proj, nics)
         server_id = str(uuid.uuid4())
         ports = self.prepare_nics(server_id, name, proj, resolved)
@@ -179,9 +160,9 @@ class Cloud(AttachServices):
                          "flavor": {"name": fl.name, "vcpus": fl.vcpus, "ram_mb": fl.ram_mb,
                                     "disk_gb": fl.disk_gb,
                                     "extra_specs": dict(fl.extra_specs)}},
-                quotas=bool(got.limits), ports=ports)
+                quotas=bool(got.limits), ports=ports, baremetal=machine)
             placer = Placer(self.store, self.policy, self.settings.scheduler.max_attempts,
-                            self.settings.scheduler.candidates)
+                            self.settings.scheduler.candidates, baremetal=machine)
             return placer.place(server, req, got.kinds)
         except Exception:
             if ports:
@@ -206,10 +187,7 @@ class Cloud(AttachServices):
     @staticmethod
     def _boot_request(fl: FlavorRecord, im: ImageRecord, aliases: Mapping[str, Alias]
                       ) -> BootRequest:
-        pci = pci_requests(fl.extra_specs, im.properties, aliases, image=im.name or None)
-        nodes = numa_node_count(fl.extra_specs, im.properties, vcpus=fl.vcpus,
-                                ram_mb=fl.ram_mb, image=im.name or None)
-        return BootRequest(fl.vcpus, fl.ram_mb, nodes, pci)
+        return boot_request(fl, im, aliases)
 
     def _request(self, fl: FlavorRecord, im: ImageRecord, project: str | None
                  ) -> tuple[BootRequest, tuple[PciRequest, ...]]:
@@ -242,7 +220,7 @@ class Cloud(AttachServices):
         return drain.reserve_host(self.store, p, host, reserved, reason)
 
     def drain_host(self, p: Principal, host: str) -> drain.DrainReport:
-        return drain.drain_report(self.store, p, host)
+        return drain.drain_report(self.store, p, host, self.aliases.all())
 
     def delete_server(self, p: Principal, ref: str, *, force: bool = False) -> ServerRecord:
         """Hand the server to its host to destroy (see :meth:`Tasks.delete_server`)."""

@@ -57,18 +57,18 @@ from pcipass.sched.fit import Fit, NoFit
 from pcipass.sched.snapshot import HostView
 from pcipass.store import networks as _networks
 from pcipass.store import payloads as _payloads
-from pcipass.store.claims import _lock_server, _take, port_binding
+from pcipass.store.claims import _lock_server, _take, allocate, free_devices, port_binding
 from pcipass.store.derive import Row as DeviceRow
 from pcipass.store.derive import Target, load_rows, write_host
 from pcipass.store.events import record_event
 from pcipass.store.facts import FactsCache
 from pcipass.store.hostviews import HOST_COLUMNS, host_view, tracked_views
 from pcipass.store.kinds import KindIds
+from pcipass.store.moves import refuse_while_moving
 from pcipass.store.networks import NewPort
-from pcipass.store.pools import drop_empty_pools
 from pcipass.store.schema import hosts, ports, servers, tasks, usage_records
 from pcipass.store.servers import get_server
-from pcipass.store.usage import check_quota, start_usage
+from pcipass.store.usage import check_quota
 
 OPEN = ("queued", "running")
 
@@ -112,6 +112,7 @@ def _active(conn: Connection, server_id: str, what: str) -> tuple[Any, int, Any]
     if server.status != ServerStatus.ACTIVE.value or host_id is None:
         raise Conflict(f"server {server.name} ({server_id}) is {server.status}: only an "
                        f"ACTIVE server can {what}", field="server", code="server_not_active")
+    refuse_while_moving(conn, server_id, what)
     host = conn.execute(select(*HOST_COLUMNS).where(hosts.c.id == host_id)).one()
     return server, host_id, host
 
@@ -383,29 +384,6 @@ def detach_port(conn: Connection, server_id: str, port_ref: str, project: str | 
 
 # --- the agent's answer -----------------------------------------------------------------------
 
-def _free(conn: Connection, server_id: str, host_id: int, addresses: Iterable[str],
-          kind_ids: KindIds, now: datetime) -> list[str]:
-    """Give back those of ``addresses`` the server still holds; which it did."""
-    wanted = set(addresses)
-    rows = load_rows(conn, host_id)
-    targets: list[Target] = []
-    freed: list[str] = []
-    for r in sorted(rows.values(), key=lambda r: r.address):
-        t = r.tracked
-        if t.owner != server_id or str(t.address) not in wanted:
-            targets.append(Target(t, r.owner_alias))
-            continue
-        freed.append(str(t.address))
-        if t.state is DeviceState.REMOVED:
-            continue   # it vanished while held: now nobody holds it, the row goes
-        targets.append(Target(replace(t, state=DeviceState.AVAILABLE, owner=None,
-                                      held_state=None)))
-    if freed:
-        write_host(conn, host_id, rows, targets, kind_ids, now)
-        drop_empty_pools(conn, host_id)
-    return freed
-
-
 def _let_go(conn: Connection, server_id: str, port_ids: Iterable[str], now: datetime) -> None:
     """The ports leave the server: unbound, then deleted if made for it, else detached."""
     ids = list(port_ids)
@@ -439,7 +417,7 @@ def finish_attach(conn: Connection, task: Any, ok: bool, message: str | None,
     addresses = changed_addresses(payload)
     port_ids = [str(i["port"]) for i in payload.get("interfaces") or ()]
     if not ok:
-        freed = _free(conn, sid, host_id, addresses, kind_ids, now)
+        freed = free_devices(conn, sid, host_id, addresses, kind_ids, now)
         _let_go(conn, sid, port_ids, now)
         request = payload.get("request")
         if request:
@@ -450,26 +428,8 @@ def finish_attach(conn: Connection, task: Any, ok: bool, message: str | None,
                      host=host, detail={"task": int(task.id), "freed": freed})
         return
     rows = load_rows(conn, host_id, cached=(facts, generation))
-    metered_as = {port_alias(p.id): f"{p.vnic_type}:{p.physical_network}"
-                  for p in _networks.server_ports(conn, [sid]).get(sid, ())}
-    targets: list[Target] = []
-    metered: list[dict[str, Any]] = []
-    for r in sorted(rows.values(), key=lambda r: r.address):
-        t = r.tracked
-        if t.owner == sid and str(t.address) in addresses:
-            before = t
-            if t.state is DeviceState.CLAIMED:
-                t = replace(t, state=DeviceState.ALLOCATED)
-            elif t.state is DeviceState.REMOVED and t.held_state is DeviceState.CLAIMED:
-                t = replace(t, held_state=DeviceState.ALLOCATED)
-            if t != before and r.owner_alias is not None:
-                metered.append({"project": server.project,
-                                "alias": metered_as.get(r.owner_alias, r.owner_alias),
-                                "server_id": sid, "host": host, "address": str(t.address),
-                                "started_at": now, "ended_at": None})
-        targets.append(Target(t, r.owner_alias))
-    write_host(conn, host_id, rows, targets, kind_ids, now)
-    start_usage(conn, metered)
+    allocate(conn, sid, server.project, host_id, rows,
+             lambda r: str(r.address) in addresses, kind_ids, now)
     values: dict[str, Any] = {"updated_at": now, "generation": servers.c.generation + 1}
     if domain_xml is not None:
         values["domain_xml"] = domain_xml
@@ -496,7 +456,7 @@ def finish_detach(conn: Connection, task: Any, ok: bool, message: str | None,
                      host=host, detail={"task": int(task.id)})
         return
     addresses = changed_addresses(payload)
-    freed = _free(conn, sid, host_id, addresses, kind_ids, now)
+    freed = free_devices(conn, sid, host_id, addresses, kind_ids, now)
     if freed:
         conn.execute(update(usage_records).where(
             usage_records.c.server_id == sid, usage_records.c.address.in_(freed),

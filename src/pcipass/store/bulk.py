@@ -67,7 +67,8 @@ class _Rows:
         self.tags: list[list[tuple[str, str]]] = []
         for d in t.derived:
             values = {**tracked_values(d.tracked), "owner_alias": None, "reason": d.reason,
-                      "updated_at": now, "id": None, "host_id": None, "pool_id": None}
+                      "updated_at": now, "id": None, "host_id": None, "pool_id": None,
+                      "move_id": None}
             self.devices.append([v if p is None or v is None else p(v)
                                  for p, v in zip(procs, (values[n] for n in names),
                                                  strict=True)])

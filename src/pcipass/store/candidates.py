@@ -47,13 +47,17 @@ from sqlalchemy import (
     select,
 )
 
-from pcipass.store.schema import host_kind_sets, host_kinds, hosts
+from pcipass.pci.device import HostKind
+from pcipass.store.schema import host_kind_sets, host_kinds, hosts, servers
+from pcipass.store.servers import LIVE
 
 NO_PCI = -1    # codes of a host's first failing check, in the order sched.fit checks
 VCPUS = -2
 RAM = -3
 PASSED = -4
 RESERVED = -5  # reserved by an admin (draining): checked before anything else
+OTHER_KIND = -6  # a bare-metal host for a hypervisor boot, or the other way round
+OCCUPIED = -7    # a bare-metal host that runs a server already
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,9 +80,15 @@ def _free_ram() -> ColumnElement[int]:
     return hosts.c.memory_mb - hosts.c.used_ram_mb
 
 
+def _open() -> ColumnElement[bool]:
+    """The host takes new guests: not reserved, and a hypervisor (bare-metal hosts take
+    only bare-metal boots: :func:`machines`)."""
+    return and_(~hosts.c.reserved, hosts.c.kind == HostKind.HYPERVISOR.value)
+
+
 def _compute() -> ColumnElement[bool]:
-    """The host takes new servers (not reserved) and has the vCPUs and RAM."""
-    return and_(~hosts.c.reserved, _free_vcpus() >= bindparam("vcpus"),
+    """The host takes new guests (:func:`_open`) and has the vCPUs and RAM."""
+    return and_(_open(), _free_vcpus() >= bindparam("vcpus"),
                 _free_ram() >= bindparam("ram"))
 
 
@@ -212,6 +222,7 @@ class Counts:
     ram: int
     passed: int               # hosts the candidate query lets through
     reserved: int = 0         # hosts reserved by an admin (draining), counted for nothing else
+    baremetal: int = 0        # bare-metal hosts (not reserved): they take no guest
 
 
 def _code(needs: Sequence[Need], sums: Sequence[ColumnElement[Any]],
@@ -232,22 +243,25 @@ def _enough(shape: str) -> Any:
     code = case((_free_vcpus() < bindparam("vcpus"), VCPUS),
                 (_free_ram() < bindparam("ram"), RAM), else_=PASSED).label("code")
     return (select(code, func.count()).select_from(t.join(hosts, hosts.c.id == t.c.host_id))
-            .where(key == bindparam("kind"), t.c.usable >= bindparam("n0"), ~hosts.c.reserved)
+            .where(key == bindparam("kind"), t.c.usable >= bindparam("n0"), _open())
             .group_by(code))
 
 
 def counts(conn: Connection, needs: Sequence[Need], vcpus: int, ram_mb: int, *,
            kind_set: int | None = None) -> Counts:
-    everyone, reserved = conn.execute(select(
-        func.count(), func.coalesce(func.sum(case((hosts.c.reserved, 1), else_=0)), 0))
+    everyone, reserved, baremetal = conn.execute(select(
+        func.count(), func.coalesce(func.sum(case((hosts.c.reserved, 1), else_=0)), 0),
+        func.coalesce(func.sum(case((and_(~hosts.c.reserved,
+                                          hosts.c.kind != HostKind.HYPERVISOR.value), 1),
+                                    else_=0)), 0))
         .select_from(hosts)).one()
-    total = everyone - reserved   # the hosts that take new servers
+    total = everyone - reserved - baremetal   # the hosts that take new guests
     lack = [0] * len(needs)
     by_code: dict[int, int] = {}
     if needs and any(not n.kind_ids for n in needs):
         first = next(i for i, n in enumerate(needs) if not n.kind_ids)
         lack[first] = total
-        return Counts(everyone, tuple(lack), 0, 0, 0, reserved)
+        return Counts(everyone, tuple(lack), 0, 0, 0, reserved, baremetal)
     single = len(needs) == 1 and (len(needs[0].kind_ids) == 1 or kind_set is not None)
     if single:
         params = {**_params(needs), "vcpus": vcpus, "ram": ram_mb}
@@ -260,20 +274,20 @@ def counts(conn: Connection, needs: Sequence[Need], vcpus: int, ram_mb: int, *,
         agg = _aggregate(len(needs), having=False)
         code = _code(needs, [agg.c[f"f{i}"] for i in range(len(needs))], vcpus, ram_mb)
         inner = (select(code.label("code")).select_from(hosts)
-                 .join(agg, agg.c.host_id == hosts.c.id).where(~hosts.c.reserved).subquery())
+                 .join(agg, agg.c.host_id == hosts.c.id).where(_open()).subquery())
         by_code = dict(conn.execute(select(inner.c.code, func.count())
                                     .group_by(inner.c.code), _params(needs)).all())
         seen = sum(by_code.values())
         lack[0] += total - seen   # hosts without a single usable matching device
     else:
         code = _code((), (), vcpus, ram_mb)
-        inner = select(code.label("code")).select_from(hosts).where(~hosts.c.reserved).subquery()
+        inner = select(code.label("code")).select_from(hosts).where(_open()).subquery()
         by_code = dict(conn.execute(select(inner.c.code, func.count())
                                     .group_by(inner.c.code)).all())
     for i in range(len(needs)):
         lack[i] += by_code.get(i, 0) if not single else 0
     return Counts(everyone, tuple(lack), by_code.get(VCPUS, 0), by_code.get(RAM, 0),
-                  by_code.get(PASSED, 0), reserved)
+                  by_code.get(PASSED, 0), reserved, baremetal)
 
 
 def host_codes(conn: Connection, needs: Sequence[Need], vcpus: int, ram_mb: int,
@@ -287,11 +301,108 @@ def host_codes(conn: Connection, needs: Sequence[Need], vcpus: int, ram_mb: int,
     if needs:
         agg = _aggregate(len(needs), having=False)
         code = _code(needs, [agg.c[f"f{i}"] for i in range(len(needs))], vcpus, ram_mb)
-        q = select(hosts.c.id, hosts.c.name, case((hosts.c.reserved, RESERVED), else_=code)
+        q = select(hosts.c.id, hosts.c.name, case((hosts.c.reserved, RESERVED),
+                                                  (_other_kind(), OTHER_KIND), else_=code)
                    ).select_from(hosts.outerjoin(agg, agg.c.host_id == hosts.c.id))
         params = _params(needs)
     else:
         q = select(hosts.c.id, hosts.c.name, case((hosts.c.reserved, RESERVED),
+                                                  (_other_kind(), OTHER_KIND),
                                                   else_=_code((), (), vcpus, ram_mb)))
     return [(r[0], r[1], r[2]) for r in conn.execute(q.order_by(hosts.c.name).limit(limit),
                                                       params)]
+
+
+def _other_kind() -> ColumnElement[bool]:
+    return hosts.c.kind != HostKind.HYPERVISOR.value
+
+
+# --- bare metal: whole machines ------------------------------------------------------------
+#
+# A bare-metal boot takes a whole machine: a bare-metal host, not reserved, with no live
+# server, whose capacity covers the flavor and whose usable devices cover each need. Such
+# hosts are few next to hypervisors; the ``(kind, pci_free, id)`` index walks them in the
+# weigher's order (pack: fewest usable devices first) and each need is a sum over the host's
+# own ``host_kinds`` rows::
+#
+#     SELECT h.id, h.name FROM hosts h
+#     WHERE h.kind = 'baremetal' AND NOT h.reserved AND h.cpus >= :vcpus
+#       AND h.memory_mb >= :ram AND NOT EXISTS (SELECT 1 FROM servers s
+#                                               WHERE s.host_id = h.id AND s.status IN LIVE)
+#       AND (SELECT COALESCE(SUM(usable), 0) FROM host_kinds
+#            WHERE host_id = h.id AND kind_id IN (:k0)) >= :n0 ...
+#     ORDER BY h.pci_free, h.id LIMIT :limit
+
+def _occupied() -> ColumnElement[bool]:
+    return (select(servers.c.id)
+            .where(servers.c.host_id == hosts.c.id, servers.c.status.in_(LIVE)).exists())
+
+
+def _machine_sum(i: int) -> Any:
+    return (select(func.coalesce(func.sum(host_kinds.c.usable), 0))
+            .where(host_kinds.c.host_id == hosts.c.id,
+                   host_kinds.c.kind_id.in_(bindparam(f"k{i}", expanding=True)))
+            .scalar_subquery())
+
+
+@lru_cache(maxsize=32)
+def _machines(count: int, spread: bool, only: bool) -> Any:
+    q = (select(hosts.c.id, hosts.c.name)
+         .where(hosts.c.kind == HostKind.BAREMETAL.value, ~hosts.c.reserved,
+                hosts.c.cpus >= bindparam("vcpus"), hosts.c.memory_mb >= bindparam("ram"),
+                ~_occupied(), *(_machine_sum(i) >= bindparam(f"n{i}") for i in range(count)))
+         .order_by(_direction(hosts.c.pci_free, spread), _direction(hosts.c.id, spread)))
+    if only:
+        q = q.where(hosts.c.id == bindparam("only"))
+    return q.limit(bindparam("limit")).offset(bindparam("offset"))
+
+
+def machines(conn: Connection, needs: Sequence[Need], vcpus: int, ram_mb: int, *,
+             spread: bool, limit: int, offset: int = 0, only: int | None = None
+             ) -> list[Candidate]:
+    """One page of the free bare-metal machines that pass, best first (``only``: whether
+    that host does)."""
+    if any(not n.kind_ids for n in needs):
+        return []
+    params: dict[str, Any] = {"vcpus": vcpus, "ram": ram_mb, "limit": limit,
+                              "offset": offset, "only": only}
+    for i, n in enumerate(needs):
+        params[f"k{i}"] = sorted(n.kind_ids)
+        params[f"n{i}"] = n.count
+    q = _machines(len(needs), spread, only is not None)
+    return [Candidate(r.id, r.name) for r in conn.execute(q, params)]
+
+
+@dataclass(frozen=True, slots=True)
+class MachineCounts:
+    """How many hosts fail a bare-metal boot at which check first."""
+
+    hypervisors: int          # hosts that are not bare metal (reserved or not)
+    reserved: int             # bare-metal hosts reserved by an admin
+    occupied: int             # bare-metal hosts running a server
+    vcpus: int
+    ram: int
+    lack: tuple[int, ...]     # per need: bare-metal hosts whose first unmet need it is
+    passed: int
+
+
+def machine_counts(conn: Connection, needs: Sequence[Need], vcpus: int, ram_mb: int
+                   ) -> MachineCounts:
+    params: dict[str, Any] = {}
+    whens: list[tuple[ColumnElement[bool], int]] = [
+        (hosts.c.reserved, RESERVED), (_occupied(), OCCUPIED),
+        (hosts.c.cpus < vcpus, VCPUS), (hosts.c.memory_mb < ram_mb, RAM)]
+    for i, n in enumerate(needs):
+        params[f"k{i}"] = sorted(n.kind_ids) or [-1]
+        whens.append((_machine_sum(i) < n.count, i))
+    code = case(*whens, else_=PASSED).label("code")
+    inner = (select(code).select_from(hosts)
+             .where(hosts.c.kind == HostKind.BAREMETAL.value).subquery())
+    by_code: dict[int, int] = dict(conn.execute(
+        select(inner.c.code, func.count()).group_by(inner.c.code), params).all())
+    others = conn.execute(select(func.count()).select_from(hosts)
+                          .where(hosts.c.kind != HostKind.BAREMETAL.value)).scalar_one()
+    return MachineCounts(others, by_code.get(RESERVED, 0), by_code.get(OCCUPIED, 0),
+                         by_code.get(VCPUS, 0), by_code.get(RAM, 0),
+                         tuple(by_code.get(i, 0) for i in range(len(needs))),
+                         by_code.get(PASSED, 0))

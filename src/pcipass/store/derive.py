@@ -316,7 +316,7 @@ _FULL_UPDATE = (
     update(devices)
     .where(devices.c.id == bindparam("b_id"))
     .values({c.name: bindparam(f"b_{c.name}")
-             for c in devices.c if c.name not in ("id", "host_id")})
+             for c in devices.c if c.name not in ("id", "host_id", "move_id")})
 )
 _BOOKKEEPING_UPDATE = (
     update(devices)

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Row
 
 from pcipass.pci.address import PciAddress
-from pcipass.pci.device import DevType, HostInfo, NetDev, NumaNode, PciDevice
+from pcipass.pci.device import DevType, HostInfo, HostKind, NetDev, NumaNode, PciDevice
 from pcipass.pci.inventory import device_to_json, host_to_json
 from pcipass.pci.pool import PoolKey
 from pcipass.pci.reconcile import Tracked
@@ -102,6 +102,8 @@ def host_info(row: Row[Any]) -> HostInfo:
             NumaNode(id=n["id"], cpus=tuple(n["cpus"]), memory_mb=n["memory_mb"])
             for n in m["numa"]
         ),
+        kind=HostKind(m["kind"]),
+        migration_uri=m["migration_uri"],
     )
 
 
@@ -111,6 +113,8 @@ def host_values(info: HostInfo) -> dict[str, Any]:
         "cpus": info.cpus,
         "memory_mb": info.memory_mb,
         "numa": host_to_json(info)["numa_nodes"],
+        "kind": info.kind.value,
+        "migration_uri": info.migration_uri,
     }
 
 

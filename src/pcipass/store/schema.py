@@ -58,7 +58,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
-from pcipass.records import DeviceState, Role, ServerStatus
+from pcipass.pci.device import HostKind
+from pcipass.records import DeviceState, MoveKind, MoveStatus, Role, ServerStatus
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -74,10 +75,12 @@ metadata = MetaData(naming_convention=NAMING)
 Id = BigInteger().with_variant(Integer(), "sqlite")
 Json = JSON().with_variant(JSONB(), "postgresql")
 STORED_STATES = tuple(s.value for s in DeviceState if s is not DeviceState.RESERVED)
-TASK_KINDS = ("spawn", "destroy", "attach", "detach")
+TASK_KINDS = ("spawn", "destroy", "attach", "detach", "migrate_out", "restart", "live_prepare",
+              "live_migrate", "live_finish")
 TASK_STATES = ("queued", "running", "done", "failed", "expired")
 SEGMENTATIONS = ("vlan", "flat")
 EVENT_OUTCOMES = ("started", "done", "failed")
+HOST_KINDS = tuple(k.value for k in HostKind)
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -130,7 +133,15 @@ hosts = Table(
     # Draining (issue 6): nothing new is placed on a reserved host; what runs there stays.
     Column("reserved", Boolean, nullable=False, server_default=text("false")),
     Column("reserved_reason", Text, nullable=True),
+    # Where a live migration reaches this host's hypervisor (the agent reports it), e.g.
+    # ``qemu+tcp://HOST/system`` or the fake driver's ``fake:///STATE_DIR``.
+    Column("migration_uri", Text, nullable=True),
+    # What runs servers there (the agent reports it): a hypervisor, or nothing (bare metal:
+    # one server takes the whole machine). Boots narrow on it first.
+    Column("kind", String(16), nullable=False, server_default=text("'hypervisor'")),
+    CheckConstraint(_in("kind", HOST_KINDS), name="kind"),
     Index(None, "pci_free", "id"),
+    Index(None, "kind", "pci_free", "id"),
 )
 
 pool_kinds = Table(
@@ -230,6 +241,9 @@ devices = Table(
     Column("owner_alias", String(255), nullable=True),
     # Why it cannot be handed out now (derived; None when it can, or when a server holds it).
     Column("reason", Text, nullable=True),
+    # Claimed for a move's destination (issue 6): the move's id until it is confirmed
+    # (then None: the server's) or reverted (then freed). See pcipass.store.moves.
+    Column("move_id", Id, ForeignKey("moves.id"), nullable=True),
     UniqueConstraint("host_id", "address"),
     CheckConstraint(_in("state", STORED_STATES), name="state"),
     CheckConstraint(f"held_state IS NULL OR {_in('held_state', STORED_STATES)}",
@@ -431,6 +445,37 @@ ports = Table(
     UniqueConstraint("network_id", "mac"),
     Index(None, "server_id"),
     Index(None, "project"),
+)
+
+
+# --- issue 6: moves (resize, cold and live migration) ----------------------------------------
+
+# One row per move of a server. ``source``/``dest``: each side's server values (flavor,
+# vCPUs, RAM, NUMA cells, requests, soft requests not granted, domain XML) and its ports'
+# bindings, so either side can be put back on the server row; ``on_dest``: which side the
+# server row holds now. See :mod:`pcipass.store.moves`.
+moves = Table(
+    "moves", metadata,
+    Column("id", Id, primary_key=True),
+    Column("server_id", String(36), ForeignKey("servers.id"), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("source_host_id", Id, ForeignKey("hosts.id"), nullable=False),
+    Column("dest_host_id", Id, ForeignKey("hosts.id"), nullable=False),
+    Column("old_flavor_id", String(36), nullable=True),
+    Column("new_flavor_id", String(36), nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("message", Text, nullable=True),
+    Column("auto_confirm", Boolean, nullable=False),
+    Column("on_dest", Boolean, nullable=False),
+    Column("source", Json, nullable=False),
+    Column("dest", Json, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Column("generation", Integer, nullable=False),
+    CheckConstraint(_in("kind", tuple(k.value for k in MoveKind)), name="kind"),
+    CheckConstraint(_in("status", tuple(s.value for s in MoveStatus)), name="status"),
+    Index(None, "server_id", "status"),
+    Index(None, "status"),
 )
 
 

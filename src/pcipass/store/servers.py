@@ -23,8 +23,11 @@ from pcipass.store.queries import check_limit, decode_marker, encode_marker
 from pcipass.store.rows import _address, shown_state
 from pcipass.store.schema import devices, hosts, servers
 
-# Servers that hold their host's vCPUs and RAM (a DELETING one until its host confirms).
-LIVE = (ServerStatus.BUILDING.value, ServerStatus.ACTIVE.value, ServerStatus.DELETING.value)
+# Servers that hold their host's vCPUs and RAM (a DELETING one until its host confirms; a
+# moving one on the host its row names, the other side through its move).
+LIVE = (ServerStatus.BUILDING.value, ServerStatus.ACTIVE.value, ServerStatus.DELETING.value,
+        ServerStatus.RESIZE.value, ServerStatus.MIGRATING.value,
+        ServerStatus.VERIFY_RESIZE.value)
 
 
 def _query() -> Any:

@@ -19,6 +19,8 @@ from pcipass.records import (
     FlavorRecord,
     HostRecord,
     ImageRecord,
+    MoveKind,
+    MoveRecord,
     NetworkRecord,
     Page,
     PoolRecord,
@@ -41,7 +43,9 @@ from pcipass.store import claims as _claims
 from pcipass.store import drain as _drain
 from pcipass.store import events as _events
 from pcipass.store import inventory as _inventory
+from pcipass.store import live as _live
 from pcipass.store import migrate as _migrate
+from pcipass.store import moves as _moves
 from pcipass.store import networks as _networks
 from pcipass.store import queries as _queries
 from pcipass.store import servers as _servers
@@ -55,6 +59,7 @@ from pcipass.store.engine import Transactions, make_engine
 from pcipass.store.facts import FactsCache
 from pcipass.store.hostviews import load_views
 from pcipass.store.kinds import KindCatalog, KindIds
+from pcipass.store.moves import MoveTarget
 from pcipass.store.networks import NewPort
 
 
@@ -343,9 +348,14 @@ class Store:
         return self._kinds.examples
 
     def candidates(self, needs: Sequence[Need], vcpus: int, ram_mb: int, *, spread: bool,
-                   limit: int, offset: int = 0, only: int | None = None) -> list[Candidate]:
+                   limit: int, offset: int = 0, only: int | None = None,
+                   baremetal: bool = False) -> list[Candidate]:
         """One page of the hosts that pass the SQL narrowing, best first (``only``: whether
-        that host passes)."""
+        that host passes). ``baremetal``: free bare-metal machines instead of hypervisors."""
+        if baremetal:
+            with self._tx.read() as conn:
+                return _candidates.machines(conn, needs, vcpus, ram_mb, spread=spread,
+                                            limit=limit, offset=offset, only=only)
         kind_set = None
         if len(needs) == 1 and len(needs[0].kind_ids) > 1:
             kind_set = self._kind_ids.sets.ensure(self._tx, needs[0].kind_ids)
@@ -354,10 +364,17 @@ class Store:
                                           limit=limit, offset=offset, only=only,
                                           kind_set=kind_set)
 
-    def passes(self, needs: Sequence[Need], vcpus: int, ram_mb: int, host_id: int) -> bool:
+    def passes(self, needs: Sequence[Need], vcpus: int, ram_mb: int, host_id: int, *,
+               baremetal: bool = False) -> bool:
         """Whether the host passes the SQL narrowing now."""
         return bool(self.candidates(needs, vcpus, ram_mb, spread=False, limit=1,
-                                    only=host_id))
+                                    only=host_id, baremetal=baremetal))
+
+    def machine_counts(self, needs: Sequence[Need], vcpus: int, ram_mb: int
+                       ) -> _candidates.MachineCounts:
+        """How many hosts fail a bare-metal boot at which check first (for its fault)."""
+        with self._tx.read() as conn:
+            return _candidates.machine_counts(conn, needs, vcpus, ram_mb)
 
     def placement_counts(self, needs: Sequence[Need], vcpus: int, ram_mb: int) -> Counts:
         """How many hosts fail which check first (for explanations)."""
@@ -464,6 +481,69 @@ class Store:
         """Queue the unplug of one of the server's ports; let go when the host confirms."""
         with self._tx.write() as conn:
             return _attach.detach_port(conn, server_id, port, project, self._clock())
+
+    # --- moves: resize, cold and live migration (store.moves) ----------------------------
+
+    def move_inputs(self, ref: str, *, flavor: str | None = None, scope: str | None = None
+                    ) -> tuple[_moves.MoveInputs, dict[int, PciDevice]]:
+        """What deciding a move reads first, in one read (see
+        :func:`pcipass.store.moves.move_inputs`), and the pool kinds."""
+        with self._tx.read() as conn:
+            got = _moves.move_inputs(conn, ref, flavor, scope)
+            self._kinds.refresh(conn)
+        return got, self._kinds.examples
+
+    def host_id(self, name: str) -> int:
+        with self._tx.read() as conn:
+            return _moves.host_id(conn, name)
+
+    def claim_move(self, server_id: str, target: MoveTarget, host_id: int, decide: Decide, *,
+                   accept: Callable[[Fit], bool] | None = None,
+                   first_task: str | None = "migrate_out") -> ServerRecord | Fit | NoFit:
+        """Claim a move's destination side on the host in one transaction (as a boot's
+        claim) and start the move; the verdict, nothing written, when the host does not fit.
+        See :mod:`pcipass.store.moves`."""
+        with self._tx.write() as conn:
+            if target.kind is MoveKind.LIVE:
+                # A live migration's first step is "live_prepare" on the destination.
+                return _live.begin(conn, server_id, target, host_id, decide, self._kind_ids,
+                                   self._facts, self._clock(), accept)
+            return _moves.claim_move(conn, server_id, target, host_id, decide, self._kind_ids,
+                                     self._facts, self._clock(), accept,
+                                     first_task=first_task)
+
+    def live_entry(self, ref: str, *, project: str | None = None) -> _drain.DrainEntry:
+        """The server and the device-spec tags of what it holds: what the live-migration
+        verdict (:func:`pcipass.services.drain.blockers`) reads."""
+        with self._tx.read() as conn:
+            server = _servers.find_server(conn, ref, project)
+            return _live.live_entry(conn, server.id)
+
+    def hosts_without_migration_uri(self) -> frozenset[int]:
+        """Hosts that cannot take a live migration: no migration URI reported."""
+        with self._tx.read() as conn:
+            return _live.hosts_without_uri(conn)
+
+    def confirm_move(self, server_id: str) -> ServerRecord:
+        """Keep the destination of the server's move waiting in VERIFY_RESIZE."""
+        with self._tx.write() as conn:
+            return _moves.confirm(conn, server_id, self._clock())
+
+    def revert_move(self, server_id: str) -> ServerRecord:
+        """Go back to the source of the server's open move."""
+        with self._tx.write() as conn:
+            return _moves.revert(conn, server_id, self._kind_ids, self._clock())
+
+    def list_moves(self, server_id: str) -> tuple[MoveRecord, ...]:
+        with self._tx.read() as conn:
+            return _moves.list_moves(conn, server_id)
+
+    def record_move_refusal(self, server_id: str, action: str, message: str) -> None:
+        """A move no host could take: only the server's event log changes."""
+        with self._tx.write() as conn:
+            server = _servers.get_server(conn, server_id)
+            _events.record_event(conn, server_id, action, "failed", message, self._clock(),
+                                 host=server.host)
 
     # --- quotas and usage -------------------------------------------------------------------
 

@@ -25,6 +25,8 @@ from sqlalchemy import Connection, select, update
 from pcipass.errors import Forbidden, NotFound, TaskNotRunnable
 from pcipass.records import ServerRecord, ServerStatus
 from pcipass.store import attach as _attach
+from pcipass.store import live as _live
+from pcipass.store import moves as _moves
 from pcipass.store import networks as _networks
 from pcipass.store import payloads as _payloads
 from pcipass.store.claims import _lock_server, complete_spawn, recount_host, release
@@ -167,6 +169,12 @@ def result(tx: Transactions, task_id: str, host: str | None, outcome: Outcome,
             finish(conn, task, outcome.ok, outcome.message, outcome.domain_xml, kind_ids,
                    facts, now)
             return True
+        if _live.task_result(conn, task, outcome.ok, outcome.message, outcome.domain_xml,
+                             kind_ids, facts, now):
+            return True    # a live migration's step (store.live)
+        if _moves.task_result(conn, task, outcome.ok, outcome.message, outcome.domain_xml,
+                              kind_ids, facts, now):
+            return True    # a move's step (store.moves)
         record_event(conn, sid, str(task.kind), "done" if outcome.ok else "failed",
                      outcome.message, now, host=name)
         status = conn.execute(select(servers.c.status).where(servers.c.id == sid)).scalar_one()
@@ -220,6 +228,8 @@ def expire(tx: Transactions, now: datetime, timeout: float, kind_ids: KindIds,
                                   .where(servers.c.id == task.server_id)).scalar_one()
             if status == ServerStatus.BUILDING.value:
                 release(conn, task.server_id, ServerStatus.ERROR, fault, kind_ids, facts, now)
+            elif (task.payload or {}).get("move") is not None:
+                _moves.spawn_expired(conn, task, fault, kind_ids, now)
     return count
 
 
@@ -250,6 +260,7 @@ def delete(tx: Transactions, server_id: str, force: bool, kind_ids: KindIds,
         server, host_id, _gen = _lock_server(conn, server_id)
         if server.status == ServerStatus.DELETED.value and host_id is not None:
             return get_server(conn, server_id)
+        _moves.refuse_while_moving(conn, server_id, "be deleted")
         if server.status != ServerStatus.DELETED.value:
             record_event(conn, server_id, "delete", "started", None, now,
                          detail={"force": force})

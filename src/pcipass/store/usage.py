@@ -58,9 +58,11 @@ def over_quota(project: str, asked: Mapping[str, int], limit: Mapping[str, int],
 
 
 def check_quota(conn: Connection, project: str, asked: Mapping[str, int], *,
-                lock: bool) -> None:
+                lock: bool, credit: Mapping[str, int] | None = None) -> None:
     """Raise :class:`QuotaExceeded` if ``asked`` more devices would take ``project`` over a
-    limit. ``lock``: inside a claim, lock the project's row first (see the module)."""
+    limit. ``lock``: inside a claim, lock the project's row first (see the module).
+    ``credit``: devices it holds that it gives back when this claim wins (a resize's old
+    side), not counted as held."""
     wanted = [a for a, n in asked.items() if n > 0]
     if not wanted:
         return
@@ -70,7 +72,11 @@ def check_quota(conn: Connection, project: str, asked: Mapping[str, int], *,
     if lock:
         conn.execute(select(projects.c.name).where(projects.c.name == project)
                      .with_for_update()).first()
-    problem = over_quota(project, asked, limit, held_per_alias(conn, project, list(limit)))
+    held = held_per_alias(conn, project, list(limit))
+    for alias, n in (credit or {}).items():
+        if alias in held:
+            held[alias] = max(held[alias] - n, 0)
+    problem = over_quota(project, asked, limit, held)
     if problem is not None:
         raise problem
 

@@ -138,6 +138,12 @@ def check_affect(live: bool, config: bool) -> None:
 class DriverKind(StrEnum):
     LIBVIRT = "libvirt"
     FAKE = "fake"
+    #: A bare-metal host's machine as files (:mod:`pcipass.virt.baremetal`).
+    BAREMETAL_FAKE = "baremetal-fake"
+
+    @property
+    def baremetal(self) -> bool:
+        return self is DriverKind.BAREMETAL_FAKE
 
 
 def open_driver(kind: DriverKind | str, *, uri: str = DEFAULT_URI,
@@ -147,7 +153,7 @@ def open_driver(kind: DriverKind | str, *, uri: str = DEFAULT_URI,
     try:
         kind = DriverKind(kind)
     except ValueError:
-        raise InvalidInput(f"unknown virt driver {kind!r} (libvirt or fake)",
+        raise InvalidInput(f"unknown virt driver {kind!r} (libvirt, fake or baremetal-fake)",
                            field="driver") from None
     if kind is DriverKind.LIBVIRT:
         from pcipass.virt.libvirt_driver import LibvirtDriver
@@ -155,6 +161,10 @@ def open_driver(kind: DriverKind | str, *, uri: str = DEFAULT_URI,
         return LibvirtDriver(uri)
     if state_dir is None:
         raise InvalidInput("the fake virt driver needs a state directory", field="state_dir")
+    if kind is DriverKind.BAREMETAL_FAKE:
+        from pcipass.virt.baremetal import FakeBareMetalDriver
+
+        return FakeBareMetalDriver(state_dir / "baremetal")
     from pcipass.virt.fake import FakeVirtDriver
 
     return FakeVirtDriver(state_dir / "virt")

@@ -51,6 +51,7 @@ __all__ = [
     "ChangePayload",
     "DestroyPayload",
     "Fragment",
+    "LivePayload",
     "PayloadCell",
     "PayloadDevice",
     "PayloadInterface",
@@ -65,6 +66,7 @@ __all__ = [
     "overlay_path",
     "parse_change",
     "parse_destroy",
+    "parse_live",
     "parse_spawn",
     "plugged_keys",
     "unmanaged_addresses",
@@ -219,9 +221,19 @@ class SpawnPayload:
 
 @dataclass(frozen=True, slots=True)
 class DestroyPayload:
+    """A ``destroy`` task; a move's steps on one host (``migrate_out``, ``restart``, and a
+    ``destroy`` with a move) carry the same, and ``move``, the move's id. ``keep_domain``:
+    the domain of that name is the other side's (a resize on the same host), only the
+    functions and ports listed are given back; ``keep_disk``: the disk is shared with the
+    other side. ``domain_xml``: what a ``restart`` defines if the host lost the domain."""
+
     server: ServerRef
     devices: tuple[PayloadDevice, ...]
     interfaces: tuple[PayloadInterface, ...] = ()
+    move: int | None = None
+    keep_domain: bool = False
+    keep_disk: bool = False
+    domain_xml: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,10 +426,66 @@ def parse_spawn(obj: Any) -> SpawnPayload:
 
 def parse_destroy(obj: Any) -> DestroyPayload:
     p = _object(obj, "payload")
-    return DestroyPayload(_server(p), _devices(p, unit=False), interfaces(p))
+    move = p.get("move")
+    xml = p.get("domain_xml")
+    return DestroyPayload(
+        _server(p), _devices(p, unit=False), interfaces(p),
+        move=None if move is None else _int(move, "move", low=1),
+        keep_domain=_bool(p, "keep_domain", "payload", False),
+        keep_disk=_bool(p, "keep_disk", "payload", False),
+        domain_xml=None if xml is None else _str(xml, "domain_xml"))
 
 
 CHANGE_ACTIONS = ("attach_device", "attach_interface", "detach_device", "detach_interface")
+
+
+@dataclass(frozen=True, slots=True)
+class LivePayload:
+    """A ``live_prepare``, ``live_migrate`` or ``live_finish`` task (see
+    :mod:`pcipass.store.live`). ``interfaces``: the server's ports as bound on the host that
+    runs the task (the destination's bindings for prepare and finish, the source's for
+    migrate); ``devices``: the passed-through functions on that host. ``live_migrate`` also
+    carries the destination: its ``dest_uri``, its port bindings (``dest_interfaces``) and,
+    for each migratable function, the destination's (``hostdevs``: source → destination)."""
+
+    server: ServerRef
+    move: int | None
+    interfaces: tuple[PayloadInterface, ...]
+    devices: tuple[PayloadDevice, ...] = ()
+    dest_uri: str | None = None
+    dest_interfaces: tuple[PayloadInterface, ...] = ()
+    hostdevs: tuple[tuple[PciAddress, PciAddress], ...] = ()
+
+    @property
+    def vf_ports(self) -> tuple[PayloadInterface, ...]:
+        """The ``direct`` ports: plugged as ``<interface type='hostdev'>``, unplugged for the
+        move and plugged again on the destination's VF."""
+        return tuple(nic for nic in self.interfaces if nic.vnic_type is VnicType.DIRECT)
+
+    def replug(self) -> ChangePayload:
+        """The ``direct`` ports as an attach of interfaces (for :func:`change_fragments`)."""
+        return ChangePayload(self.server, "attach_interface", (), self.vf_ports)
+
+
+def parse_live(obj: Any, *, migrate: bool = False) -> LivePayload:
+    """A live-migration task's payload, checked; ``migrate``: a ``live_migrate`` task, which
+    must name its destination."""
+    p = _object(obj, "payload")
+    move = _optional_int(p.get("move"), "move")
+    dest_uri: str | None = None
+    dest: tuple[PayloadInterface, ...] = ()
+    pairs: list[tuple[PciAddress, PciAddress]] = []
+    if migrate:
+        dest_uri = _str(_get(p, "dest_uri", ""), "dest_uri")
+        dest = interfaces({"interfaces": p.get("dest_interfaces")})
+        for i, h in enumerate(_list(p.get("hostdevs") or [], "hostdevs")):
+            where = f"hostdevs[{i}]"
+            h = _object(h, where)
+            src, dst = (PciAddress.parse(_str(_get(h, k, where), f"{where}.{k}"),
+                                         field=f"{where}.{k}") for k in ("source", "dest"))
+            pairs.append((src, dst))
+    return LivePayload(_server(p), move, interfaces(p), _devices(p, unit=False), dest_uri,
+                       dest, tuple(pairs))
 
 
 def parse_change(obj: Any) -> ChangePayload:

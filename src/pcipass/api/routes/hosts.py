@@ -9,8 +9,18 @@ from fastapi import APIRouter, Depends, Query
 
 from pcipass.api.auth import Admin, CloudDep, HostCaller, StoreDep
 from pcipass.api.reports import REPORT_SCHEMA_REF, parse_report, raw_body
-from pcipass.api.schemas import DrainOut, ErrorOut, HostOut, HostPage, HostReserveIn, ReportOut
-from pcipass.api.views import drain_view, host_view, report_view
+from pcipass.api.schemas import (
+    DrainOut,
+    ErrorOut,
+    HostDrainIn,
+    HostOut,
+    HostPage,
+    HostReserveIn,
+    LiveDrainOut,
+    ReportOut,
+)
+from pcipass.api.views import drain_view, host_view, live_drain_view, report_view
+from pcipass.errors import InvalidInput
 
 router = APIRouter(tags=["hosts"])
 
@@ -52,9 +62,23 @@ def unreserve_host(host: str, caller: Admin, cloud: CloudDep) -> Any:
             responses={404: {"model": ErrorOut, "description": "No such host"}})
 def drain_host(host: str, caller: Admin, cloud: CloudDep) -> Any:
     """What still runs on the host (servers with their devices and ports) and, per server,
-    whether it could be live-migrated or what prevents it. Live migration itself is not
-    yet available."""
+    whether it could be live-migrated or what prevents it (the verdict a live migration
+    applies). `POST` with `{"live_migrate": true}` moves those that can."""
     return drain_view(cloud.drain_host(caller, host))
+
+
+@router.post("/hosts/{host}/drain", response_model=LiveDrainOut, status_code=202,
+             responses={400: {"model": ErrorOut, "description": "live_migrate is not true"},
+                        404: {"model": ErrorOut, "description": "No such host"}})
+def drain_host_live(host: str, caller: Admin, body: HostDrainIn, cloud: CloudDep) -> Any:
+    """`{"live_migrate": true}`: start a live migration of every server on the host that can
+    move (each to any host that fits), and list the others with what pins them (devices that
+    cannot move live) or why their move could not start. Reserve the host first so nothing
+    new lands there."""
+    if not body.live_migrate:
+        raise InvalidInput("POST drain live-migrates (live_migrate: true); GET lists what "
+                           "runs on the host without moving it", field="live_migrate")
+    return live_drain_view(cloud.drain_live(caller, host))
 
 
 @router.put(

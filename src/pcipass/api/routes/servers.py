@@ -11,12 +11,16 @@ from pcipass.api.schemas import (
     DeviceAttachIn,
     ErrorOut,
     EventPage,
+    LiveMigrateIn,
+    MigrateIn,
+    MovePage,
     NicIn,
+    ResizeIn,
     ServerCreate,
     ServerOut,
     ServerPage,
 )
-from pcipass.api.views import event_view, server_view
+from pcipass.api.views import event_view, move_view, server_view
 from pcipass.records import ServerStatus
 
 router = APIRouter(tags=["servers"])
@@ -99,6 +103,84 @@ def attach_interface(ref: str, caller: User, body: NicIn, cloud: CloudDep) -> An
     """`{"net_id": N, "vnic_type": T}` (a port made for the server, deleted on detach) or
     `{"port_id": P}`: its VF (or PF) claimed on the server's host and hot-plugged."""
     return server_view(cloud.attach_interface(caller, ref, body.given()))
+
+
+_MOVE_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorOut, "description": "No such server, flavor or host"},
+    409: {"model": ErrorOut, "description":
+          "No host fits (no_valid_host), the named host is the server's (same_host), the "
+          "server is not ACTIVE (server_not_active) or already moving (server_moving)"},
+}
+
+
+@router.post("/servers/{ref}/resize", response_model=ServerOut, status_code=202,
+             responses={**_MOVE_ERRORS,
+                        400: {"model": ErrorOut, "description": "The server has that flavor"},
+                        403: {"model": ErrorOut, "description": "Over quota"}})
+def resize_server(ref: str, caller: User, body: ResizeIn, cloud: CloudDep) -> Any:
+    """Move the server to another flavor: its devices claimed on the same host when they fit
+    there (and `[scheduler] resize_same_host` allows it), else on another. RESIZE while its
+    host stops it and the destination builds it, then VERIFY_RESIZE: confirm to keep it
+    (the old devices are freed), revert to go back (the new ones are freed)."""
+    return server_view(cloud.resize_server(caller, ref, flavor=body.flavor))
+
+
+@router.post("/servers/{ref}/migrate", response_model=ServerOut, status_code=202,
+             responses={**_MOVE_ERRORS, 403: {"model": ErrorOut, "description": "Not an admin"}})
+def migrate_server(ref: str, caller: User, cloud: CloudDep,
+                   body: MigrateIn | None = None) -> Any:
+    """Admins: cold-migrate the server to another host (`{"host": H}`, or any that fits):
+    MIGRATING, then VERIFY_RESIZE (confirm or revert, as a resize) unless `auto_confirm`."""
+    got = body if body is not None else MigrateIn()
+    return server_view(cloud.migrate_server(caller, ref, host=got.host,
+                                            auto_confirm=got.auto_confirm))
+
+
+@router.post("/servers/{ref}/resize/confirm", response_model=ServerOut, status_code=202,
+             responses={409: {"model": ErrorOut, "description":
+                              "No move waits in VERIFY_RESIZE (not_verifying)"}})
+def confirm_resize(ref: str, caller: User, cloud: CloudDep) -> Any:
+    """Keep the destination: ACTIVE there; the source's devices are freed once its host has
+    destroyed what it kept."""
+    return server_view(cloud.confirm_resize(caller, ref))
+
+
+@router.post("/servers/{ref}/resize/revert", response_model=ServerOut, status_code=202,
+             responses={409: {"model": ErrorOut, "description":
+                              "Nothing to revert (not_verifying), or a host is running the "
+                              "move's step (move_busy)"}})
+def revert_resize(ref: str, caller: User, cloud: CloudDep) -> Any:
+    """Go back to the source: the destination's devices are freed and the server restarted
+    on its source with the old flavor."""
+    return server_view(cloud.revert_resize(caller, ref))
+
+
+@router.get("/servers/{ref}/moves", response_model=MovePage,
+            responses={404: {"model": ErrorOut, "description": "No such server"}})
+def server_moves(ref: str, caller: User, cloud: CloudDep) -> Any:
+    """The server's resizes and migrations, oldest first."""
+    return {"moves": [move_view(m) for m in cloud.server_moves(caller, ref)]}
+
+
+@router.post("/servers/{ref}/live-migrate", response_model=ServerOut, status_code=202,
+             responses={
+                 403: {"model": ErrorOut, "description": "Not an admin"},
+                 404: {"model": ErrorOut, "description": "No such server or host"},
+                 409: {"model": ErrorOut, "description":
+                       "A device cannot move live (not_live_migratable, naming each), no "
+                       "host fits (no_valid_host), the named host is the server's "
+                       "(same_host) or reported no migration URI (no_migration_uri), the "
+                       "server is not ACTIVE (server_not_active) or already moving "
+                       "(server_moving)"}})
+def live_migrate_server(ref: str, caller: User, cloud: CloudDep,
+                        body: LiveMigrateIn | None = None) -> Any:
+    """Admins: move the running server to another host (`{"host": H}`, or any that fits).
+    MIGRATING while the destination prepares its VFs, the source unplugs the server's
+    `direct` NICs (the guest loses them until the move finishes) and migrates it, and the
+    destination plugs them again; then ACTIVE on the destination. A failure before the
+    guest left: ACTIVE on the source, NICs plugged back. Steps in `.../events`."""
+    host = body.host if body is not None else None
+    return server_view(cloud.live_migrate_server(caller, ref, host=host))
 
 
 @router.delete("/servers/{ref}/interfaces/{port}", response_model=ServerOut, status_code=202,

@@ -1,0 +1,375 @@
+"""Resize and cold migration end to end: a real control plane, the agents' task runners with
+the fake hypervisor and a recording VF programmer per host, on two simulated GPU servers and
+two SR-IOV servers; the real client and CLI.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from apiserver import api_server
+from cliserver import cli
+from pcipass import errors
+from pcipass.agent.tasks import TaskRunner
+from pcipass.cli.agent import disk_overlays, host_cpus
+from pcipass.cli.client import JSON, ApiClient
+from pcipass.host.profiles import suggested_aliases, suggested_device_spec
+from pcipass.host.sriov.fake import FRESH_VF, RecordingVfProgrammer
+from pcipass.host.sriov.model import VfSlot
+from pcipass.pci.inventory import inventory_to_json
+from pcipass.virt.driver import DriverKind, Operation, open_driver
+from pcipass.virt.fake import FakeVirtDriver
+from pcipass.virt.payload import domain_name, plugged_keys
+from test_e2e_attach import SRIOV_SPEC, host_inventory
+
+PROJECT = "tenant"
+GPUS = ("gpu-1", "gpu-2")
+NICS = ("sriov-1", "sriov-2")
+A100 = "20f1"
+PFS = {"ens1f0": 8, "ens1f1": 8, "ens2f0": 8, "ens2f1": 8}
+
+
+@dataclass
+class World:
+    url: str
+    admin: ApiClient
+    member: ApiClient
+    other: ApiClient
+    member_token: str
+    admin_token: str
+    runners: dict[str, TaskRunner]
+    state: Path
+    vfs: dict[str, RecordingVfProgrammer]
+
+    def run_tasks(self, *, skip: tuple[str, ...] = ()) -> None:
+        """Play every host's agent (but ``skip``'s) until none has anything left to do."""
+        for _ in range(50):
+            if not any([r.run_once() for h, r in self.runners.items() if h not in skip]):
+                self.check_ownership()
+                return
+            self.check_ownership()
+        raise AssertionError("the task runners never ran out of work")
+
+    def driver(self, host: str) -> FakeVirtDriver:
+        return FakeVirtDriver(self.state / host / "virt")
+
+    def domain(self, host: str, server: JSON) -> tuple[bool, bool]:
+        """(defined, running) of the server's domain on ``host``."""
+        d, name = self.driver(host), domain_name(str(server["id"]))
+        return d.exists(name), d.exists(name) and d.is_active(name)
+
+    def boot(self, name: str, flavor: str, *nics: dict[str, str]) -> JSON:
+        s = self.member.create_server(name=name, flavor=flavor, image="plain", nics=nics)
+        self.run_tasks()
+        s = self.member.server(s["id"])
+        assert s["status"] == "ACTIVE", s["fault"]
+        return s
+
+    def delete(self, server: JSON) -> None:
+        self.admin.delete_server(server["id"])
+        self.run_tasks()
+        assert self.admin.server(server["id"])["status"] == "DELETED"
+
+    def owned(self, server: JSON) -> dict[tuple[str, str], str]:
+        return {(d["host"], d["address"]): d["state"]
+                for h in (*GPUS, *NICS) for d in self.admin.devices([("host", h)]).items
+                if d.get("owner") == server["id"]}
+
+    def check_ownership(self) -> None:
+        """No device is owned by a server that is gone, and every live server's devices
+        are the ones the API shows it (each listed once)."""
+        servers = {s["id"]: s for s in self.admin.servers([("status", "DELETED")]).items}
+        live = {s["id"]: s for s in self.admin.servers().items}
+        seen: Counter[tuple[str, str]] = Counter()
+        for h in (*GPUS, *NICS):
+            for d in self.admin.devices([("host", h)]).items:
+                owner = d.get("owner")
+                if owner is None:
+                    assert d["state"] not in ("claimed", "allocated"), d
+                    continue
+                assert owner not in servers, f"{d['address']} owned by deleted {owner}"
+                assert owner in live, (owner, d)
+                seen[(h, d["address"])] += 1
+        assert all(n == 1 for n in seen.values())
+
+    def events(self, server: JSON, *actions: str) -> list[tuple[str, str]]:
+        got = self.admin.server_events(server["id"])
+        return [(e["action"], e["outcome"]) for e in got
+                if not actions or e["action"] in actions]
+
+    def free(self, host: str, product: str = A100) -> list[str]:
+        return sorted(d["address"] for d in self.admin.devices(
+            [("host", host), ("product_id", product)]).items if d["state"] == "available")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    tmp = tmp_path_factory.mktemp("e2e-moves")
+    image = tmp / "images" / "plain.qcow2"
+    image.parent.mkdir()
+    image.write_bytes(b"")
+    invs = {h: host_inventory(tmp / h, "gpu-server", suggested_device_spec("gpu-server"), i)
+            for i, h in enumerate(GPUS)}
+    invs |= {h: host_inventory(tmp / h, "sriov-nic-server", SRIOV_SPEC, i)
+             for i, h in enumerate(NICS)}
+    state = tmp / "state"
+    vfs = {h: RecordingVfProgrammer(PFS) for h in NICS}
+    with api_server(f"sqlite:///{tmp / 'pcipass.db'}", tmp / "server") as api, \
+            ApiClient(api.url, api.admin_token) as admin:
+        admin.create_aliases(suggested_aliases("gpu-server"))
+        for n in (1, 2, 4):
+            admin.create_flavor(name=f"a100x{n}", vcpus=2, ram_mb=2048, disk_gb=1,
+                                extra_specs={"pci_passthrough:alias": f"a100:{n}"})
+        admin.create_flavor(name="small", vcpus=2, ram_mb=2048, disk_gb=1, extra_specs={})
+        admin.create_image(name="plain", source=str(image), properties={})
+        admin.create_network(name="net1", physical_network="physnet1", segmentation="vlan",
+                             segmentation_id=100)
+        member_token = str(admin.create_token("member", project=PROJECT)["token"])
+        other_token = str(admin.create_token("member", project="elsewhere")["token"])
+        runners: dict[str, TaskRunner] = {}
+        clients = []
+        try:
+            for host, inv in invs.items():
+                token = str(admin.create_token("agent", host=host)["token"])
+                client = ApiClient(api.url, token)
+                clients.append(client)
+                client.put_inventory(host, None, inventory_to_json(inv))
+                hstate = state / host
+                runners[host] = TaskRunner(
+                    client=client, host=host, state_dir=hstate,
+                    open_driver=lambda d=hstate: open_driver(DriverKind.FAKE, state_dir=d),
+                    overlays=disk_overlays(DriverKind.FAKE, hstate),
+                    host_cpus=lambda i=inv: host_cpus(i), wait=0.0, rand=lambda: 0.0,
+                    programmer=vfs.get(host))
+            with ApiClient(api.url, member_token) as member, \
+                    ApiClient(api.url, other_token) as other:
+                yield World(api.url, admin, member, other, member_token, api.admin_token,
+                            runners, state, vfs)
+        finally:
+            for r in runners.values():
+                r.close()
+            for c in clients:
+                c.close()
+        log = api.log()
+        assert "Traceback" not in log, log[-6000:]
+
+
+def hostdevs(world: World, host: str, server: JSON) -> set[str]:
+    return {k for k in plugged_keys(world.driver(host).get_xml(domain_name(str(server["id"]))))
+            if k.startswith("pci:")}
+
+
+# --- resize -----------------------------------------------------------------------------------
+
+def test_resize_on_the_same_host_then_confirm_frees_the_old_device(world: World) -> None:
+    s = world.boot("vm-same", "a100x1")
+    host = s["host"]
+    (old,) = [d["address"] for d in s["devices"]]
+    got = world.member.resize_server("vm-same", flavor="a100x2")
+    assert (got["status"], got["host"]) == ("RESIZE", host)
+    assert len(got["devices"]) == 3            # old and new, both the server's
+    world.run_tasks()
+    s2 = world.member.server("vm-same")
+    assert (s2["status"], s2["host"], s2["flavor"]) == ("VERIFY_RESIZE", host, "a100x2")
+    new = {d["address"] for d in s2["devices"]} - {old}
+    assert hostdevs(world, host, s) == {f"pci:{a}" for a in new}   # the new domain runs
+    assert world.domain(host, s) == (True, True)
+    done = world.member.confirm_resize("vm-same")
+    assert done["status"] == "ACTIVE"
+    world.run_tasks()
+    after = world.member.server("vm-same")
+    assert {d["address"]: d["state"] for d in after["devices"]} == {a: "allocated" for a in new}
+    assert world.admin.device(host, old)["state"] == "available"
+    assert world.domain(host, s) == (True, True)      # confirm kept the new domain
+    assert [m["status"] for m in world.member.server_moves("vm-same")] == ["done"]
+    assert world.events(s, "resize", "confirm") == [
+        ("resize", "started"), ("resize", "started"), ("resize", "done"),
+        ("confirm", "started"), ("confirm", "done")]
+    world.delete(s)
+
+
+def test_resize_to_another_host_then_revert_restarts_on_the_source(world: World) -> None:
+    s = world.boot("vm-far", "a100x1")
+    source = s["host"]
+    (old,) = [d["address"] for d in s["devices"]]
+    world.member.resize_server("vm-far", flavor="a100x4")   # 3 left here: elsewhere
+    world.run_tasks()
+    moved = world.member.server("vm-far")
+    dest = moved["host"]
+    assert dest != source and moved["status"] == "VERIFY_RESIZE"
+    assert world.domain(source, s) == (True, False)        # kept, stopped
+    assert world.domain(dest, s) == (True, True)
+    assert len(hostdevs(world, dest, s)) == 4
+    back = world.member.revert_resize("vm-far")
+    assert back["status"] == "RESIZE"
+    world.run_tasks()
+    after = world.member.server("vm-far")
+    assert (after["status"], after["host"], after["flavor"]) == ("ACTIVE", source, "a100x1")
+    assert [(d["address"], d["state"]) for d in after["devices"]] == [(old, "allocated")]
+    assert len(world.free(dest)) == 4
+    assert world.domain(dest, s) == (False, False)
+    assert world.domain(source, s) == (True, True)
+    assert hostdevs(world, source, s) == {f"pci:{old}"}
+    assert [m["status"] for m in world.member.server_moves("vm-far")] == ["reverted"]
+    world.delete(s)
+
+
+def test_resize_over_quota_and_other_projects_are_refused(world: World) -> None:
+    s = world.boot("vm-quota", "a100x1")
+    world.admin.set_quota(PROJECT, "a100", 1)
+    try:
+        with pytest.raises(errors.QuotaExceeded):
+            world.member.resize_server("vm-quota", flavor="a100x2")
+    finally:
+        world.admin.request("DELETE", f"/v1/quotas/{PROJECT}/a100")
+    with pytest.raises(errors.NotFound):
+        world.other.resize_server("vm-quota", flavor="a100x2")
+    with pytest.raises(errors.Forbidden):
+        world.member.migrate_server("vm-quota")
+    assert world.member.server("vm-quota")["status"] == "ACTIVE"
+    world.delete(s)
+
+
+# --- cold migration ---------------------------------------------------------------------------
+
+def test_cli_migrates_to_a_named_host_and_confirms(world: World) -> None:
+    s = world.boot("vm-cli", "a100x1")
+    source = s["host"]
+    dest = next(h for h in GPUS if h != source)
+    env = {"PCIPASS_URL": world.url, "PCIPASS_TOKEN": world.admin_token}
+    result = cli("server", "migrate", "vm-cli", "--host", dest, "--json", env=env)
+    assert result.exit_code == 0, result.output
+    assert '"MIGRATING"' in result.output
+    world.run_tasks()
+    result = cli("server", "resize-confirm", "vm-cli", env=env)
+    assert result.exit_code == 0, result.output
+    world.run_tasks()
+    after = world.member.server("vm-cli")
+    assert (after["status"], after["host"]) == ("ACTIVE", dest)
+    assert world.domain(source, s) == (False, False)
+    result = cli("server", "moves", "vm-cli", env={**env, "PCIPASS_TOKEN": world.member_token})
+    assert result.exit_code == 0 and "migrate" in result.output and "done" in result.output
+    member_env = {**env, "PCIPASS_TOKEN": world.member_token}
+    refused = cli("server", "migrate", "vm-cli", env=member_env)
+    assert refused.exit_code != 0 and "admin" in refused.output
+    world.delete(s)
+
+
+def test_migrate_without_a_host_and_auto_confirm(world: World) -> None:
+    s = world.boot("vm-auto", "a100x1")
+    got = world.admin.migrate_server("vm-auto", auto_confirm=True)
+    assert got["status"] == "MIGRATING"
+    world.run_tasks()
+    after = world.member.server("vm-auto")
+    assert after["status"] == "ACTIVE" and after["host"] != s["host"]
+    assert [d["address"] for d in after["devices"]] != [] and \
+        all(d["state"] == "allocated" for d in after["devices"])
+    assert world.domain(s["host"], s) == (False, False)
+    assert [m["status"] for m in world.admin.server_moves("vm-auto")] == ["done"]
+    world.delete(s)
+
+
+def test_a_destination_spawn_failure_leaves_the_server_on_its_source(world: World) -> None:
+    s = world.boot("vm-fail", "a100x1")
+    source = s["host"]
+    dest = next(h for h in GPUS if h != source)
+    world.driver(dest).inject_failure(Operation.START, "no IOMMU on this bus",
+                                      target=domain_name(str(s["id"])))
+    try:
+        world.admin.migrate_server("vm-fail", host=dest)
+        world.run_tasks()
+    finally:
+        world.driver(dest).clear_failures()
+    after = world.member.server("vm-fail")
+    assert (after["status"], after["host"]) == ("ACTIVE", source)
+    assert after["devices"] == s["devices"]
+    assert "no IOMMU on this bus" in (after["fault"] or {}).get("message", "")
+    assert world.domain(source, s) == (True, True) and world.domain(dest, s) == (False, False)
+    assert len(world.free(dest)) == 4
+    assert ("migrate", "failed") in world.events(s)
+    assert [m["status"] for m in world.admin.server_moves("vm-fail")] == ["failed"]
+    world.delete(s)
+
+
+def test_an_agent_that_dies_mid_migration_resumes_and_nothing_is_owned_twice(
+        world: World) -> None:
+    s = world.boot("vm-dies", "a100x1")
+    source = s["host"]
+    world.admin.migrate_server("vm-dies")
+    # The source's agent takes the task and dies before running it.
+    agent = world.runners[source].client
+    (task,) = [t for t in agent.poll_tasks(source, 0.0) if t["kind"] == "migrate_out"]
+    agent.start_task(str(task["id"]))
+    world.check_ownership()
+    held = world.owned(s)
+    assert len(held) == 2 and len({h for h, _a in held}) == 2   # one per side, each once
+    with pytest.raises(errors.Conflict) as err:
+        world.admin.revert_resize("vm-dies")
+    assert err.value.code == "move_busy"
+    # A new agent on the source resumes the running task; the destination's agent is down.
+    world.run_tasks(skip=tuple(h for h in GPUS if h != source))
+    assert world.admin.server("vm-dies")["status"] == "MIGRATING"
+    assert world.domain(source, s) == (True, False)
+    # With the destination's spawn still queued, the move can be reverted.
+    back = world.admin.revert_resize("vm-dies")
+    assert back["status"] == "MIGRATING"
+    world.run_tasks()
+    after = world.admin.server("vm-dies")
+    assert (after["status"], after["host"]) == ("ACTIVE", source)
+    assert world.domain(source, s) == (True, True)
+    assert set(world.owned(s)) == {(h, a) for h, a in held if h == source}
+    world.delete(s)
+
+
+# --- ports ------------------------------------------------------------------------------------
+
+def test_a_cold_migration_moves_the_port_vfs_and_the_switch_follows(world: World) -> None:
+    s = world.boot("vm-nic", "small", {"net_id": "net1", "vnic_type": "direct"})
+    source = s["host"]
+    dest = next(h for h in NICS if h != source)
+    (port,) = s["ports"]
+    b = port["binding"]
+    slot = VfSlot(b["pf_netdev"], b["vf_index"])
+    assert world.vfs[source].state(slot).vlan == 100
+    world.admin.migrate_server("vm-nic", host=dest)
+    world.run_tasks()
+    moved = world.member.server("vm-nic")
+    (moved_port,) = moved["ports"]
+    nb = moved_port["binding"]
+    assert (moved["status"], nb["host"]) == ("VERIFY_RESIZE", dest)
+    assert world.vfs[source].state(slot) == FRESH_VF            # restored on the source
+    new_slot = VfSlot(nb["pf_netdev"], nb["vf_index"])
+    vf = world.vfs[dest].state(new_slot)
+    assert (vf.vlan, vf.mac) == (100, port["mac"])              # programmed there
+    world.admin.confirm_resize("vm-nic")
+    world.run_tasks()
+    assert world.vfs[source].state(slot) == FRESH_VF
+    assert world.vfs[dest].state(new_slot).vlan == 100
+    world.delete(s)
+    assert world.vfs[dest].state(new_slot) == FRESH_VF
+
+
+def test_a_reverted_migration_reprograms_the_source_vf(world: World) -> None:
+    s = world.boot("vm-nic2", "small", {"net_id": "net1", "vnic_type": "direct"})
+    source = s["host"]
+    (port,) = s["ports"]
+    slot = VfSlot(port["binding"]["pf_netdev"], port["binding"]["vf_index"])
+    world.admin.migrate_server("vm-nic2")
+    world.run_tasks()
+    moved = world.member.server("vm-nic2")
+    dest = moved["host"]
+    dslot = VfSlot(moved["ports"][0]["binding"]["pf_netdev"],
+                   moved["ports"][0]["binding"]["vf_index"])
+    world.admin.revert_resize("vm-nic2")
+    world.run_tasks()
+    back = world.member.server("vm-nic2")
+    assert back["host"] == source and back["ports"][0]["binding"] == port["binding"]
+    assert world.vfs[source].state(slot).vlan == 100
+    assert world.vfs[dest].state(dslot) == FRESH_VF
+    world.delete(s)
+    assert world.vfs[source].state(slot) == FRESH_VF

@@ -1009,13 +1009,22 @@ class TaskRunner:
                         driver.detach_device(name, f.xml, live=live, config=config)
         except errors.PcipassError as exc:
             problems.append(exc.message)
+        _, released = self._give_back(journal, journal.bound)
+        return problems + released
+
+    def _give_back(self, journal: Journal, bindings: Sequence[SwitchBinding]
+                   ) -> tuple[Journal, list[str]]:
+        """Best effort, every step tried: re-attach the functions the journal detached,
+        restore its VFs, unbind ``bindings`` from the switch; the problems met."""
+        driver = self.ensure_driver()
+        problems: list[str] = []
         for a in _addresses(journal.detached):
             try:
                 driver.nodedev_reattach(a)
             except errors.PcipassError as exc:
                 problems.append(exc.message)
-        _, released = self._release_ports(journal, journal.vfs, journal.bound, strict=False)
-        return problems + released
+        journal, released = self._release_ports(journal, journal.vfs, bindings, strict=False)
+        return journal, problems + released
 
     def _detach(self, journal: Journal) -> tuple[Journal, Result]:
         """Unplug the payload's functions and ports (those the domain still holds), give the
@@ -1102,15 +1111,7 @@ class TaskRunner:
     def _undo_prepare(self, journal: Journal) -> list[str]:
         """Give back what a prepare took: its unmanaged functions, its VFs, its switch
         bindings (best effort); the problems met."""
-        driver = self.ensure_driver()
-        problems: list[str] = []
-        for a in _addresses(journal.detached):
-            try:
-                driver.nodedev_reattach(a)
-            except errors.PcipassError as exc:
-                problems.append(exc.message)
-        _, released = self._release_ports(journal, journal.vfs, journal.bound, strict=False)
-        return problems + released
+        return self._give_back(journal, journal.bound)[1]
 
     def _live_migrate(self, journal: Journal) -> tuple[Journal, Result]:
         """Source: hot-unplug each ``direct`` port's ``<interface type='hostdev'>`` (the
@@ -1158,15 +1159,7 @@ class TaskRunner:
                 problems = self._replug(name, p.replug())
                 extra = f" (re-plug: {'; '.join(problems)})" if problems else ""
                 return journal, Result(False, _message(exc) + extra)
-        problems = []
-        for a in _addresses(journal.detached):
-            try:
-                driver.nodedev_reattach(a)
-            except errors.PcipassError as exc:
-                problems.append(exc.message)
-        journal, released = self._release_ports(journal, journal.vfs,
-                                                switch_bindings(p.interfaces), strict=False)
-        problems += released
+        journal, problems = self._give_back(journal, switch_bindings(p.interfaces))
         # The guest runs on the destination whatever the source's clean-up met.
         return journal, Result(True, ("source clean-up: " + "; ".join(problems))
                                if problems else None)

@@ -15,6 +15,7 @@ import pytest
 
 from apiserver import api_server, assert_error
 from cliserver import cli, ok_json, ok_text
+from pcipass import errors
 from pcipass.agent.tasks import TaskRunner
 from pcipass.cli.agent import disk_overlays, host_cpus, migration_uri, with_migration_uri
 from pcipass.cli.client import JSON, ApiClient
@@ -330,4 +331,18 @@ def test_a_failed_prepare_frees_the_destination_and_keeps_the_server(world: Worl
     world.admin.live_migrate(s["id"], host=dst)
     world.run_tasks()
     assert world.admin.server(s["id"])["host"] == dst
+    world.delete(s)
+
+
+def test_a_live_migration_that_fits_nowhere_is_logged_as_one(world: World) -> None:
+    """Regression: the refusal's event said "migrate", as if it were a cold migration."""
+    s = world.boot("vm-nowhere", "small", {"net_id": "net1", "vnic_type": "direct"})
+    gpu_host = GPU[0]   # no VF on physnet1 there
+    with pytest.raises(errors.Conflict) as caught:
+        world.admin.live_migrate(s["id"], host=gpu_host)
+    assert caught.value.code == "no_valid_host"
+    assert caught.value.message.startswith("cannot live-migrate server vm-nowhere")
+    refused = [(a, o) for a, o, _m in world.events(s) if o == "failed"]
+    assert refused == [("live_migrate", "failed")]
+    assert world.admin.server(s["id"])["status"] == "ACTIVE"
     world.delete(s)

@@ -260,6 +260,11 @@ class MoveKind(StrEnum):
     MIGRATE = "migrate"
     LIVE = "live"
 
+    @property
+    def action(self) -> str:
+        """The name its events carry (and, with '-' for '_', the CLI's verb)."""
+        return "live_migrate" if self is MoveKind.LIVE else self.value
+
 
 class MoveStatus(StrEnum):
     """A move's steps (see :mod:`pcipass.store.moves`)."""

@@ -23,7 +23,7 @@ from pcipass.errors import Conflict, PcipassError
 from pcipass.records import HostRecord, MoveKind, Principal, ServerRecord, ServerStatus
 from pcipass.services import drain
 from pcipass.services.access import admin
-from pcipass.services.moves import MoveServices
+from pcipass.services.moves import MoveServices, destination
 from pcipass.store.drain import DrainEntry
 
 __all__ = ["LiveDrainReport", "LiveServices", "NotMoved", "refusal"]
@@ -75,11 +75,7 @@ class LiveServices(MoveServices):
         unreachable = self.store.hosts_without_migration_uri()
         only = None
         if host is not None:
-            only = self.store.host_id(host)
-            if only == got.host_id:
-                raise Conflict(f"server {got.server.name} runs on host {host} already: a "
-                               "live migration needs another host", field="host",
-                               code="same_host")
+            only = destination(self.store, got, host, "live migration")
             if only in unreachable:
                 raise Conflict(f"host {host} has not reported a migration URI (its agent is "
                                "older, or not running): it cannot take a live migration",

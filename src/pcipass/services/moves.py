@@ -122,9 +122,9 @@ class MoveServices:
         found, fault = placer.search(stub, req, kinds)
         if found is not None:
             return found
-        action = "resize" if kind is MoveKind.RESIZE else "migrate"
+        action = kind.action
         self.store.record_move_refusal(server.id, action, fault)
-        raise Conflict(f"cannot {action} server {server.name}: {fault}",
+        raise Conflict(f"cannot {action.replace('_', '-')} server {server.name}: {fault}",
                        field="flavor" if kind is MoveKind.RESIZE else "host",
                        code="no_valid_host")
 

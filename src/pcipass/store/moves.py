@@ -335,7 +335,7 @@ def _moving_status(kind: str) -> ServerStatus:
 
 
 def _action(kind: str) -> str:
-    return {"resize": "resize", "migrate": "migrate", "live": "live_migrate"}[kind]
+    return MoveKind(kind).action
 
 
 def check_movable(conn: Connection, server_id: str, what: str) -> Any:

@@ -128,7 +128,7 @@ def _source_payload(conn: Connection, move: Any) -> dict[str, Any]:
     for d in move.dest["spawn"].get("devices") or ():
         dest_by_alias.setdefault(d.get("alias"), []).append(str(d["address"]))
     pairs = []
-    for r in _moves._side_devices(conn, move.server_id, move.source_host_id, None):
+    for r in _moves.side_devices(conn, move.server_id, move.source_host_id, None):
         if r.address in vf_ports:
             continue
         match = dest_by_alias.get(r.owner_alias) or []
@@ -143,7 +143,7 @@ def _source_payload(conn: Connection, move: Any) -> dict[str, Any]:
 
 def _queue(conn: Connection, move: Any, host_id: int, kind: str, payload: Mapping[str, Any],
            now: datetime) -> int:
-    return _moves._queue(conn, host_id, move.server_id, kind, payload, now)
+    return _moves.queue_task(conn, host_id, move.server_id, kind, payload, now)
 
 
 def _unplugged(payload: Mapping[str, Any]) -> list[str]:
@@ -171,7 +171,7 @@ def task_result(conn: Connection, task: Any, ok: bool, message: str | None,
     if (kind not in LIVE_KINDS and not abort) or payload.get("move") is None:
         return False
     move = _moves.lock_move(conn, int(payload["move"]))
-    source, dest = _moves._names(conn, move)
+    source, dest = _moves.move_host_names(conn, move)
     host = dest if task.host_id == move.dest_host_id else source
     record_event(conn, move.server_id, "destroy" if abort else kind,
                  "done" if ok else "failed", message, now, host=host,
@@ -191,7 +191,7 @@ def _prepared(conn: Connection, move: Any, ok: bool, message: str | None,
               kind_ids: KindIds, now: datetime) -> None:
     if move.status != MoveStatus.CLAIMED.value:
         return
-    source, dest = _moves._names(conn, move)
+    source, dest = _moves.move_host_names(conn, move)
     if not ok:
         # The destination's agent undid its preparation itself: free its devices.
         freed = _moves.free_side(conn, move.server_id, move.dest_host_id, int(move.id),
@@ -219,7 +219,7 @@ def _migrated(conn: Connection, move: Any, ok: bool, message: str | None, kind_i
               facts: FactsCache, now: datetime) -> None:
     if move.status != MoveStatus.MOVING.value:
         return
-    source, dest = _moves._names(conn, move)
+    source, dest = _moves.move_host_names(conn, move)
     if not ok:
         fault = message or f"host {source} could not migrate the server"
         _moves.set_status(conn, move, MoveStatus.REVERTING, now, message=fault)
@@ -231,10 +231,10 @@ def _migrated(conn: Connection, move: Any, ok: bool, message: str | None, kind_i
                      f"plugged back; host {dest} gives back what it prepared", now,
                      host=source, detail={"move": int(move.id), "task": task_id})
         return
-    server = _moves._server_row(conn, move.server_id)
-    _moves._allocate_dest(conn, server, move, kind_ids, facts, now)
+    server = _moves.server_row(conn, move.server_id)
+    _moves.allocate_dest(conn, server, move, kind_ids, facts, now)
     side = {k: v for k, v in move.dest.items() if k != "spawn"}
-    _moves._apply_side(conn, server.id, side, move.dest_host_id, now)
+    _moves.apply_side(conn, server.id, side, move.dest_host_id, now)
     _moves.set_status(conn, move, MoveStatus.CONFIRMING, now, on_dest=True)
     recount_host(conn, move.dest_host_id)
     recount_host(conn, move.source_host_id)
@@ -249,7 +249,7 @@ def _finished(conn: Connection, move: Any, ok: bool, message: str | None,
               domain_xml: str | None, kind_ids: KindIds, now: datetime) -> None:
     if move.status != MoveStatus.CONFIRMING.value or not move.on_dest:
         return
-    source, dest = _moves._names(conn, move)
+    source, dest = _moves.move_host_names(conn, move)
     # The source's agent restored its VFs when the guest left: its devices go back.
     freed = _moves.free_side(conn, move.server_id, move.source_host_id, None, kind_ids, now)
     conn.execute(update(devices).where(devices.c.owner == move.server_id,
@@ -275,7 +275,7 @@ def _aborted(conn: Connection, move: Any, ok: bool, kind_ids: KindIds, now: date
                              now)
     _moves.set_status(conn, move, MoveStatus.FAILED, now)
     recount_host(conn, move.dest_host_id)
-    _source, dest = _moves._names(conn, move)
+    _source, dest = _moves.move_host_names(conn, move)
     record_event(conn, move.server_id, ACTION, "failed",
                  f"host {dest} gave back what it prepared", now, host=dest,
                  detail={"move": int(move.id), "freed": freed})

@@ -199,7 +199,7 @@ def _server_side(server: Any, nics: Sequence[PortRecord]) -> dict[str, Any]:
             "ports": {p.id: binding_json(p.binding) for p in nics if p.binding is not None}}
 
 
-def _apply_side(conn: Connection, server_id: str, side: Mapping[str, Any], host_id: int,
+def apply_side(conn: Connection, server_id: str, side: Mapping[str, Any], host_id: int,
                 now: datetime, status: ServerStatus | None = None) -> None:
     """The server row takes ``side``'s values and host; its ports take the side's bindings."""
     values: dict[str, Any] = {
@@ -229,7 +229,7 @@ def _server_ref(server: Any) -> dict[str, str]:
     return {"id": server.id, "name": server.name, "project": server.project}
 
 
-def _side_devices(conn: Connection, server_id: str, host_id: int, move_id: int | None
+def side_devices(conn: Connection, server_id: str, host_id: int, move_id: int | None
                   ) -> list[Any]:
     """The server's devices on one side: on ``host_id`` with that ``move_id``."""
     q = select(devices.c.address, devices.c.tags, devices.c.owner_alias).where(
@@ -244,7 +244,7 @@ def side_payload(conn: Connection, server: Any, move: Any, *, dest: bool,
     """What a host needs to let go of (or take back) one side: its devices and ports, as a
     destroy payload has them, with the move's id."""
     host_id = move.dest_host_id if dest else move.source_host_id
-    held = _side_devices(conn, server.id, host_id, move_id)
+    held = side_devices(conn, server.id, host_id, move_id)
     managed = {r.address: _payloads.managed(r.tags or {}) for r in held}
     nics = _with_bindings(_networks.server_ports(conn, [server.id]).get(server.id, []),
                           move.dest if dest else move.source)
@@ -322,7 +322,7 @@ def _held_per_alias(conn: Connection, server_id: str) -> dict[str, int]:
     return out
 
 
-def _queue(conn: Connection, host_id: int, server_id: str, kind: str,
+def queue_task(conn: Connection, host_id: int, server_id: str, kind: str,
            payload: Mapping[str, Any], now: datetime) -> int:
     found = conn.execute(insert(tasks).returning(tasks.c.id), {
         "host_id": host_id, "server_id": server_id, "kind": kind, "payload": dict(payload),
@@ -415,7 +415,7 @@ def claim_move(conn: Connection, server_id: str, target: MoveTarget, host_id: in
     task_id = None
     if first_task is not None:
         row = conn.execute(select(moves).where(moves.c.id == move_id)).one()
-        task_id = _queue(conn, server.host_id, server_id, first_task,
+        task_id = queue_task(conn, server.host_id, server_id, first_task,
                          side_payload(conn, server, row, dest=False, move_id=None), now)
     record_event(conn, server_id, _action(target.kind.value), "started",
                  f"{what.removeprefix('be ')} from host {source_name} to host {dest_name}"
@@ -450,7 +450,7 @@ def free_side(conn: Connection, server_id: str, host_id: int, move_id: int | Non
               kind_ids: KindIds, now: datetime) -> list[str]:
     """Give back the server's devices on one side (``move_id``: the side's mark), end their
     metering; the addresses freed."""
-    side = _side_devices(conn, server_id, host_id, move_id)
+    side = side_devices(conn, server_id, host_id, move_id)
     conn.execute(update(devices).where(
         devices.c.owner == server_id, devices.c.host_id == host_id,
         devices.c.move_id == move_id if move_id is not None else devices.c.move_id.is_(None))
@@ -473,7 +473,7 @@ def _side_rows(conn: Connection, server_id: str, host_id: int, move_id: int | No
     return list(conn.execute(q))
 
 
-def _allocate_dest(conn: Connection, server: Any, move: Any, kind_ids: KindIds,
+def allocate_dest(conn: Connection, server: Any, move: Any, kind_ids: KindIds,
                    facts: FactsCache, now: datetime) -> None:
     """The destination's devices are allocated; their metering starts."""
     host_id = move.dest_host_id
@@ -485,12 +485,12 @@ def _allocate_dest(conn: Connection, server: Any, move: Any, kind_ids: KindIds,
              kind_ids, now)
 
 
-def _names(conn: Connection, move: Any) -> tuple[str, str]:
+def move_host_names(conn: Connection, move: Any) -> tuple[str, str]:
     names = _host_names(conn, [move.source_host_id, move.dest_host_id])
     return names[move.source_host_id], names[move.dest_host_id]
 
 
-def _server_row(conn: Connection, server_id: str) -> Any:
+def server_row(conn: Connection, server_id: str) -> Any:
     return conn.execute(select(servers).where(servers.c.id == server_id)
                         .with_for_update()).one()
 
@@ -498,7 +498,7 @@ def _server_row(conn: Connection, server_id: str) -> Any:
 def _queue_restart(conn: Connection, server: Any, move: Any, now: datetime) -> int:
     payload = side_payload(conn, server, move, dest=False, move_id=None)
     payload["domain_xml"] = move.source.get("domain_xml")
-    return _queue(conn, move.source_host_id, server.id, "restart", payload, now)
+    return queue_task(conn, move.source_host_id, server.id, "restart", payload, now)
 
 
 def go_back(conn: Connection, move: Any, message: str | None, kind_ids: KindIds,
@@ -507,12 +507,12 @@ def go_back(conn: Connection, move: Any, message: str | None, kind_ids: KindIds,
     destination is freed, the server row is the source side again (it never left it, but a
     live migration may have rebound its ports), and the source host restarts it. The move
     goes ``reverting`` (with ``message``, a failure)."""
-    server = _server_row(conn, move.server_id)
+    server = server_row(conn, move.server_id)
     freed = free_side(conn, server.id, move.dest_host_id, int(move.id), kind_ids, now)
     if not set_status(conn, move, MoveStatus.REVERTING, now, message=message, on_dest=False):
         raise Conflict(f"move {move.id} changed meanwhile", field="move")
     recount_host(conn, move.dest_host_id)
-    source, dest = _names(conn, move)
+    source, dest = move_host_names(conn, move)
     if message is not None:
         record_event(conn, server.id, _action(move.kind), "failed", message, now, host=dest,
                      detail={"move": int(move.id), "freed": freed})
@@ -530,14 +530,14 @@ def migrated_out(conn: Connection, task: Any, ok: bool, message: str | None,
     move = lock_move(conn, int(task.payload["move"]))
     if move.status != MoveStatus.CLAIMED.value:
         return
-    source, dest = _names(conn, move)
+    source, dest = move_host_names(conn, move)
     if not ok:
         go_back(conn, move, message or f"host {source} could not stop the server", kind_ids,
                 now)
         return
     set_status(conn, move, MoveStatus.MOVING, now)
     spawn = dict(move.dest["spawn"])
-    task_id = _queue(conn, move.dest_host_id, move.server_id, "spawn", spawn, now)
+    task_id = queue_task(conn, move.dest_host_id, move.server_id, "spawn", spawn, now)
     record_event(conn, move.server_id, _action(move.kind), "started",
                  f"stopped on host {source}; building it on host {dest}", now, host=dest,
                  detail={"move": int(move.id), "task": task_id})
@@ -551,17 +551,17 @@ def spawned(conn: Connection, task: Any, ok: bool, message: str | None,
     move = lock_move(conn, int(task.payload["move"]))
     if move.status != MoveStatus.MOVING.value:
         return
-    _source, dest = _names(conn, move)
+    _source, dest = move_host_names(conn, move)
     if not ok:
         go_back(conn, move, message or f"host {dest} could not start the server", kind_ids,
                 now)
         return
-    server = _server_row(conn, move.server_id)
-    _allocate_dest(conn, server, move, kind_ids, facts, now)
+    server = server_row(conn, move.server_id)
+    allocate_dest(conn, server, move, kind_ids, facts, now)
     side = dict(move.dest)
     side.pop("spawn", None)
     side["domain_xml"] = domain_xml
-    _apply_side(conn, server.id, side, move.dest_host_id, now, ServerStatus.VERIFY_RESIZE)
+    apply_side(conn, server.id, side, move.dest_host_id, now, ServerStatus.VERIFY_RESIZE)
     set_status(conn, move, MoveStatus.VERIFY, now, on_dest=True)
     recount_host(conn, move.source_host_id)
     if move.dest_host_id != move.source_host_id:
@@ -614,8 +614,8 @@ def _queue_confirm(conn: Connection, server: Any, move: Any, now: datetime, why:
     # The source's ports were let go by "migrate_out"; on the same host the domain and the
     # disk are the destination's now.
     payload.update(step="confirm", interfaces=[], keep_domain=same_host, keep_disk=same_host)
-    task_id = _queue(conn, move.source_host_id, server.id, "destroy", payload, now)
-    source, _dest = _names(conn, move)
+    task_id = queue_task(conn, move.source_host_id, server.id, "destroy", payload, now)
+    source, _dest = move_host_names(conn, move)
     record_event(conn, server.id, "confirm", "started",
                  f"{why}: host {source} destroys what it kept", now, host=source,
                  detail={"move": int(move.id), "task": task_id})
@@ -626,8 +626,8 @@ def _queue_revert(conn: Connection, server: Any, move: Any, now: datetime) -> No
     payload = side_payload(conn, server, move, dest=True, move_id=int(move.id))
     # On the same host the disk is the source's too: the restart needs it.
     payload.update(step="revert", keep_disk=move.source_host_id == move.dest_host_id)
-    task_id = _queue(conn, move.dest_host_id, server.id, "destroy", payload, now)
-    source, dest = _names(conn, move)
+    task_id = queue_task(conn, move.dest_host_id, server.id, "destroy", payload, now)
+    source, dest = move_host_names(conn, move)
     record_event(conn, server.id, "revert", "started",
                  f"host {dest} destroys the server; then back to host {source}", now,
                  host=dest, detail={"move": int(move.id), "task": task_id})
@@ -651,7 +651,7 @@ def revert(conn: Connection, server_id: str, kind_ids: KindIds, now: datetime
         state = "no move" if move is None else f"move {move.id} is {move.status}"
         raise Conflict(f"server {server.name} has nothing to revert ({state})",
                        field="server", code="not_verifying")
-    source, _dest = _names(conn, move)
+    source, _dest = move_host_names(conn, move)
     if move.status == MoveStatus.VERIFY.value:
         set_status(conn, move, MoveStatus.REVERTING, now)
         conn.execute(update(servers).where(servers.c.id == server_id).values(
@@ -695,7 +695,7 @@ def destroyed(conn: Connection, task: Any, ok: bool, message: str | None,
     again re-queues the step)."""
     move = lock_move(conn, int(task.payload["move"]))
     step = str(task.payload.get("step") or "")
-    source, dest = _names(conn, move)
+    source, dest = move_host_names(conn, move)
     if not ok:
         record_event(conn, move.server_id, step or "destroy", "failed",
                      message or "the host could not destroy the server", now,
@@ -712,9 +712,9 @@ def destroyed(conn: Connection, task: Any, ok: bool, message: str | None,
         record_event(conn, move.server_id, "confirm", "done", None, now, host=source,
                      detail={"move": int(move.id), "freed": freed})
     elif step == "revert" and move.status == MoveStatus.REVERTING.value and move.on_dest:
-        server = _server_row(conn, move.server_id)
+        server = server_row(conn, move.server_id)
         freed = free_side(conn, server.id, move.dest_host_id, int(move.id), kind_ids, now)
-        _apply_side(conn, server.id, move.source, move.source_host_id, now)
+        apply_side(conn, server.id, move.source, move.source_host_id, now)
         set_status(conn, move, MoveStatus.REVERTING, now, on_dest=False)
         recount_host(conn, move.dest_host_id)
         if move.dest_host_id != move.source_host_id:
@@ -735,8 +735,8 @@ def restarted(conn: Connection, task: Any, ok: bool, message: str | None,
     move = lock_move(conn, int(task.payload["move"]))
     if move.status != MoveStatus.REVERTING.value or move.on_dest:
         return
-    source, _dest = _names(conn, move)
-    server = _server_row(conn, move.server_id)
+    source, _dest = move_host_names(conn, move)
+    server = server_row(conn, move.server_id)
     failure = move.message
     if ok:
         set_status(conn, move, MoveStatus.FAILED if failure else MoveStatus.REVERTED, now)

@@ -88,6 +88,14 @@ def _print_server(obj: JSON, as_json: bool) -> None:
     console().print(render.server_view(server_record(obj)))
 
 
+def _server_call(url: str, token: str | None, as_json: bool,
+                 call: Callable[[ApiClient], JSON]) -> None:
+    """One request that answers with the server, printed (or its JSON)."""
+    with reported(), ApiClient(url, token) as client:
+        obj = call(client)
+    _print_server(obj, as_json)
+
+
 @server_app.command("create")
 def server_create(
     name: Annotated[str, typer.Argument(help="Server name.")],
@@ -188,9 +196,7 @@ def server_delete(
     url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Delete a server: DELETING until its host destroys it, then its devices are freed."""
-    with reported(), ApiClient(url, token) as client:
-        obj = client.delete_server(server, force=force)
-    _print_server(obj, as_json)
+    _server_call(url, token, as_json, lambda client: client.delete_server(server, force=force))
 
 
 @server_app.command("attach-device")
@@ -202,9 +208,8 @@ def server_attach_device(
 ) -> None:
     """Hot-plug devices of an alias into a running server, from its own host (it is never
     moved): they show claimed until the host confirms, then allocated."""
-    with reported(), ApiClient(url, token) as client:
-        obj = client.attach_device(server, alias=alias, count=count)
-    _print_server(obj, as_json)
+    _server_call(url, token, as_json,
+                 lambda client: client.attach_device(server, alias=alias, count=count))
 
 
 @server_app.command("detach-device")
@@ -214,9 +219,7 @@ def server_detach_device(
     url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Hot-unplug a device (with its IOMMU unit); freed once the host confirms."""
-    with reported(), ApiClient(url, token) as client:
-        obj = client.detach_device(server, address)
-    _print_server(obj, as_json)
+    _server_call(url, token, as_json, lambda client: client.detach_device(server, address))
 
 
 @server_app.command("attach-interface")
@@ -239,9 +242,7 @@ def server_attach_interface(
     nic = {"port_id": port} if port is not None else {"net_id": str(net)}
     if vnic_type is not None:
         nic["vnic_type"] = vnic_type
-    with reported(), ApiClient(url, token) as client:
-        obj = client.attach_interface(server, nic)
-    _print_server(obj, as_json)
+    _server_call(url, token, as_json, lambda client: client.attach_interface(server, nic))
 
 
 @server_app.command("detach-interface")
@@ -252,9 +253,7 @@ def server_detach_interface(
 ) -> None:
     """Hot-unplug a port: its VF restored and freed once the host confirms; a port made by
     attach-interface --net is deleted."""
-    with reported(), ApiClient(url, token) as client:
-        obj = client.detach_interface(server, port)
-    _print_server(obj, as_json)
+    _server_call(url, token, as_json, lambda client: client.detach_interface(server, port))
 
 
 @server_app.command("resize")
@@ -267,9 +266,7 @@ def server_resize(
     host when they fit there, else another), the server is rebuilt there and waits in
     VERIFY_RESIZE for `resize-confirm` (frees the old devices) or `resize-revert` (frees
     the new ones and restarts it where it was)."""
-    with reported(), ApiClient(url, token) as client:
-        obj = client.resize_server(server, flavor=flavor)
-    _print_server(obj, as_json)
+    _server_call(url, token, as_json, lambda client: client.resize_server(server, flavor=flavor))
 
 
 @server_app.command("migrate")
@@ -284,9 +281,8 @@ def server_migrate(
 ) -> None:
     """Admins: cold-migrate a server (stopped, rebuilt on another host with the same
     devices claimed there). Then confirm or revert as a resize, unless --auto-confirm."""
-    with reported(), ApiClient(url, token) as client:
-        obj = client.migrate_server(server, host=host, auto_confirm=auto_confirm)
-    _print_server(obj, as_json)
+    _server_call(url, token, as_json,
+                 lambda client: client.migrate_server(server, host=host, auto_confirm=auto_confirm))
 
 
 @server_app.command("resize-confirm")
@@ -294,9 +290,7 @@ def server_resize_confirm(server: ServerArg, url: UrlOpt = DEFAULT_URL,
                           token: TokenOpt = None, as_json: JsonOpt = False) -> None:
     """Keep a resized or migrated server where it is now; its old devices are freed once
     the old host has destroyed what it kept."""
-    with reported(), ApiClient(url, token) as client:
-        obj = client.confirm_resize(server)
-    _print_server(obj, as_json)
+    _server_call(url, token, as_json, lambda client: client.confirm_resize(server))
 
 
 @server_app.command("resize-revert")
@@ -304,9 +298,7 @@ def server_resize_revert(server: ServerArg, url: UrlOpt = DEFAULT_URL,
                          token: TokenOpt = None, as_json: JsonOpt = False) -> None:
     """Send a resized or migrated server back where it was, with its old flavor; the new
     devices are freed."""
-    with reported(), ApiClient(url, token) as client:
-        obj = client.revert_resize(server)
-    _print_server(obj, as_json)
+    _server_call(url, token, as_json, lambda client: client.revert_resize(server))
 
 
 @server_app.command("moves")
@@ -333,9 +325,7 @@ def server_live_migrate(
     (VF) NICs are unplugged for the move and plugged again on the destination's VFs; its
     macvtap NICs move with it. Refused, naming each device, when a device cannot move
     live. Follow the steps with `server events`."""
-    with reported(), ApiClient(url, token) as client:
-        obj = client.live_migrate(server, host=host)
-    _print_server(obj, as_json)
+    _server_call(url, token, as_json, lambda client: client.live_migrate(server, host=host))
 
 
 def explain_command(

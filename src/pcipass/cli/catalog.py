@@ -30,9 +30,11 @@ from pcipass.cli.common import (
     print_json,
     reported,
 )
-from pcipass.pci.alias import NumaPolicy, parse_alias_entry, parse_aliases
+from pcipass.cli.resource import Resource
+from pcipass.pci.alias import Alias, NumaPolicy, parse_alias_entry, parse_aliases
 from pcipass.pci.device import DevType
 from pcipass.pci.request import ALIAS_PREFERRED_SPEC, ALIAS_SPEC, parse_alias_counts
+from pcipass.records import FlavorRecord, ImageRecord
 
 alias_app = typer.Typer(help="PCI aliases: the names flavors ask for devices by.",
                         no_args_is_help=True)
@@ -45,11 +47,13 @@ PropertyOpt = Annotated[list[str] | None, typer.Option(
     "--property", help="key=value, repeatable.", show_default=False)]
 
 
-def deleted(kind: str, name: str, as_json: bool) -> None:
-    if as_json:
-        print_json({"deleted": kind, "name": name})
-    else:
-        console().print(f"deleted {kind} {name}")
+ALIASES: Resource[Alias] = Resource(
+    "alias", "/v1/aliases", "aliases", alias_record, render.aliases_table, render.alias_view)
+FLAVORS: Resource[FlavorRecord] = Resource(
+    "flavor", "/v1/flavors", "flavors", flavor_record, render.flavors_table,
+    render.flavor_view)
+IMAGES: Resource[ImageRecord] = Resource(
+    "image", "/v1/images", "images", image_record, render.images_table, render.image_view)
 
 
 # --- aliases -----------------------------------------------------------------------------
@@ -134,13 +138,7 @@ def alias_create(
 def alias_list(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
                as_json: JsonOpt = False) -> None:
     """List aliases, from the configuration and defined through the API."""
-    with reported(), ApiClient(url, token) as client:
-        listing = client.aliases()
-    if as_json:
-        print_json({"aliases": listing.items, "next": listing.next})
-        return
-    with reported():
-        console().print(render.aliases_table([alias_record(a) for a in listing.items]))
+    ALIASES.list(url, token, as_json)
 
 
 @alias_app.command("show")
@@ -148,13 +146,7 @@ def alias_show(name: Annotated[str, typer.Argument(help="Alias name.")],
                url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
                as_json: JsonOpt = False) -> None:
     """Show one alias and its alternatives."""
-    with reported(), ApiClient(url, token) as client:
-        obj = client.alias(name)
-    if as_json:
-        print_json(obj)
-        return
-    with reported():
-        console().print(render.alias_view(alias_record(obj)))
+    ALIASES.show(name, url, token, as_json)
 
 
 @alias_app.command("delete")
@@ -162,9 +154,7 @@ def alias_delete(name: Annotated[str, typer.Argument(help="Alias name.")],
                  url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
                  as_json: JsonOpt = False) -> None:
     """Delete an alias (refused while a flavor asks for it, or when it is configured)."""
-    with reported(), ApiClient(url, token) as client:
-        client.delete_alias(name)
-    deleted("alias", name, as_json)
+    ALIASES.delete(name, url, token, as_json)
 
 
 # --- flavors -----------------------------------------------------------------------------
@@ -224,26 +214,14 @@ def flavor_create(
         obj = client.create_flavor(name=name, vcpus=vcpus, ram_mb=ram, disk_gb=disk,
                                    extra_specs=specs, is_public=not private,
                                    projects=project or ())
-    _print_flavor(obj, as_json)
-
-
-def _print_flavor(obj: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        print_json(obj)
-        return
-    console().print(render.flavor_view(flavor_record(obj)))
+    FLAVORS.print(obj, as_json)
 
 
 @flavor_app.command("list")
 def flavor_list(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
                 as_json: JsonOpt = False) -> None:
     """List the flavors this token may use."""
-    with reported(), ApiClient(url, token) as client:
-        listing = client.flavors()
-    if as_json:
-        print_json({"flavors": listing.items, "next": listing.next})
-        return
-    console().print(render.flavors_table([flavor_record(f) for f in listing.items]))
+    FLAVORS.list(url, token, as_json)
 
 
 @flavor_app.command("show")
@@ -251,9 +229,7 @@ def flavor_show(flavor: Annotated[str, typer.Argument(help="Flavor name or id.")
                 url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
                 as_json: JsonOpt = False) -> None:
     """Show one flavor and its extra specs."""
-    with reported(), ApiClient(url, token) as client:
-        obj = client.flavor(flavor)
-    _print_flavor(obj, as_json)
+    FLAVORS.show(flavor, url, token, as_json)
 
 
 @flavor_app.command("delete")
@@ -261,9 +237,7 @@ def flavor_delete(flavor: Annotated[str, typer.Argument(help="Flavor name or id.
                   url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
                   as_json: JsonOpt = False) -> None:
     """Delete a flavor (servers already booted from it keep what they have)."""
-    with reported(), ApiClient(url, token) as client:
-        client.delete_flavor(flavor)
-    deleted("flavor", flavor, as_json)
+    FLAVORS.delete(flavor, url, token, as_json)
 
 
 @flavor_app.command("access")
@@ -281,7 +255,7 @@ def flavor_access(
         fail("give --add PROJECT and/or --remove PROJECT", EXIT_USAGE)
     with reported(), ApiClient(url, token) as client:
         obj = client.flavor_access(flavor, add=add or (), remove=remove or ())
-    _print_flavor(obj, as_json)
+    FLAVORS.print(obj, as_json)
 
 
 # --- images ------------------------------------------------------------------------------
@@ -297,26 +271,14 @@ def image_create(
     props = pairs_dict(properties, "--property")
     with reported(), ApiClient(url, token) as client:
         obj = client.create_image(name=name, source=source, properties=props)
-    _print_image(obj, as_json)
-
-
-def _print_image(obj: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        print_json(obj)
-        return
-    console().print(render.image_view(image_record(obj)))
+    IMAGES.print(obj, as_json)
 
 
 @image_app.command("list")
 def image_list(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
                as_json: JsonOpt = False) -> None:
     """List the images this token may use."""
-    with reported(), ApiClient(url, token) as client:
-        listing = client.images()
-    if as_json:
-        print_json({"images": listing.items, "next": listing.next})
-        return
-    console().print(render.images_table([image_record(i) for i in listing.items]))
+    IMAGES.list(url, token, as_json)
 
 
 @image_app.command("show")
@@ -324,9 +286,7 @@ def image_show(image: Annotated[str, typer.Argument(help="Image name or id.")],
                url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
                as_json: JsonOpt = False) -> None:
     """Show one image and its properties."""
-    with reported(), ApiClient(url, token) as client:
-        obj = client.image(image)
-    _print_image(obj, as_json)
+    IMAGES.show(image, url, token, as_json)
 
 
 @image_app.command("delete")
@@ -334,6 +294,4 @@ def image_delete(image: Annotated[str, typer.Argument(help="Image name or id.")]
                  url: UrlOpt = DEFAULT_URL, token: TokenOpt = None,
                  as_json: JsonOpt = False) -> None:
     """Delete an image."""
-    with reported(), ApiClient(url, token) as client:
-        client.delete_image(image)
-    deleted("image", image, as_json)
+    IMAGES.delete(image, url, token, as_json)

@@ -8,27 +8,24 @@ an admin's). What the user typed is checked here first with the parsers the serv
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Annotated, Any, Generic, TypeVar
+from collections.abc import Sequence
+from typing import Annotated, TypeVar
 
 import typer
 from rich.console import RenderableType
 
 from pcipass.cli import render
-from pcipass.cli.catalog import deleted
-from pcipass.cli.client import ApiClient, Params, network_record, port_record
+from pcipass.cli.client import ApiClient, network_record, port_record
 from pcipass.cli.common import (
     DEFAULT_URL,
     EXIT_USAGE,
     JsonOpt,
     TokenOpt,
     UrlOpt,
-    console,
     fail,
-    print_json,
     reported,
 )
+from pcipass.cli.resource import Resource
 from pcipass.net.port import Segmentation, VnicType, check_segmentation, parse_mac
 from pcipass.pci.alias import NumaPolicy
 from pcipass.records import NetworkRecord, PortRecord
@@ -39,44 +36,6 @@ network_app = typer.Typer(help="Networks: a VLAN (or flat) segment of a physical
                           no_args_is_help=True)
 port_app = typer.Typer(help="Ports: a MAC on a network, bound to a VF when a server boots.",
                        no_args_is_help=True)
-
-
-@dataclass(frozen=True)
-class Resource(Generic[T]):
-    """A collection of the API (``/v1/networks``) and how its items read for people."""
-
-    noun: str
-    path: str
-    key: str
-    record: Callable[[Mapping[str, Any]], T]
-    table: Callable[[Sequence[T]], RenderableType]
-    view: Callable[[T], RenderableType]
-
-    def print(self, obj: Mapping[str, Any], as_json: bool) -> None:
-        if as_json:
-            print_json(obj)
-            return
-        with reported():
-            console().print(self.view(self.record(obj)))
-
-    def list(self, url: str, token: str | None, as_json: bool, params: Params = ()) -> None:
-        with reported(), ApiClient(url, token) as client:
-            listing = client.listing(self.path, self.key, params)
-        if as_json:
-            print_json({self.key: listing.items, "next": listing.next})
-            return
-        with reported():
-            console().print(self.table([self.record(x) for x in listing.items]))
-
-    def show(self, ref: str, url: str, token: str | None, as_json: bool) -> None:
-        with reported(), ApiClient(url, token) as client:
-            obj = client.item(self.path, ref)
-        self.print(obj, as_json)
-
-    def delete(self, ref: str, url: str, token: str | None, as_json: bool) -> None:
-        with reported(), ApiClient(url, token) as client:
-            client.delete_item(self.path, ref)
-        deleted(self.noun, ref, as_json)
 
 
 def _networks_table(items: Sequence[NetworkRecord]) -> RenderableType:

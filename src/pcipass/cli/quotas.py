@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from pcipass.cli import render
-from pcipass.cli.catalog import deleted
 from pcipass.cli.client import ApiClient, quota_record, usage_record
 from pcipass.cli.common import (
     DEFAULT_URL,
@@ -21,6 +20,7 @@ from pcipass.cli.common import (
     print_json,
     reported,
 )
+from pcipass.cli.resource import deleted
 
 quota_app = typer.Typer(help="Quotas: how many devices of an alias a project may hold.",
                         no_args_is_help=True)

@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from apiserver import ApiServer, api_server
+from fleet import Clock
 from pcipass.store import Store
 
 PG_SERVER = os.environ.get("PCIPASS_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/")
@@ -92,6 +93,17 @@ def store(db_url: str) -> Iterator[Store]:
     s = Store.open(db_url)
     try:
         yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def clocked(db_url: str) -> Iterator[tuple[Store, Clock]]:
+    """A store like ``store`` whose clock stands still until the test moves it."""
+    clock = Clock()
+    s = Store.open(db_url, clock=clock)
+    try:
+        yield s, clock
     finally:
         s.close()
 

@@ -11,7 +11,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,21 @@ from pcipass.store.schema import (
 )
 
 T0 = datetime(2024, 11, 26, 12, 0, tzinfo=UTC)
+
+
+class Clock:
+    """The store's clock, moved by the test: time-outs without sleeping."""
+
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
 ADMIN = Principal("admin-token", Role.ADMIN)
 LIVE = (ServerStatus.BUILDING, ServerStatus.ACTIVE, ServerStatus.DELETING,
         ServerStatus.RESIZE, ServerStatus.MIGRATING, ServerStatus.VERIFY_RESIZE)

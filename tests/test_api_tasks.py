@@ -16,7 +16,7 @@ from apiserver import ApiServer, api_server, assert_error, gpu
 from apiserver import inventory as api_inventory
 from cliserver import cli, env_for, failed, ok_json
 
-TIMEOUT_S = 2.0
+TIMEOUT_S = 3.0
 XML = "<domain type='kvm'><name>pcipass-x</name></domain>"
 
 

@@ -5,7 +5,6 @@ isolation, the CLI; and the store's own rules (order, outcomes, one transaction 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -15,7 +14,7 @@ import pytest
 
 from apiserver import api_server
 from cliserver import cli, failed, ok_json, ok_text
-from fleet import ADMIN, T0, catalog, member, report, settings, two_gpus
+from fleet import ADMIN, T0, Clock, catalog, member, report, settings, two_gpus
 from pcipass import errors
 from pcipass.agent.tasks import TaskRunner
 from pcipass.cli.agent import disk_overlays, host_cpus
@@ -213,14 +212,17 @@ def make_cloud(store: Store, timeout: float = 300.0) -> Cloud:
     return Cloud(store, replace(settings(), tasks=TaskSettings(timeout=timeout)))
 
 
-def test_an_expired_spawn_is_logged_as_failed(store: Store) -> None:
-    cloud = make_cloud(store, timeout=0.2)
+def test_an_expired_spawn_is_logged_as_failed(clocked: tuple[Store, Clock]) -> None:
+    store, clock = clocked
+    cloud = make_cloud(store, timeout=60)
     report(store, "node1", two_gpus())
     catalog(cloud, {"g1": {"pci_passthrough:alias": "gpu:1"}})
     s = cloud.create_server(member("p1"), name="vm", flavor="g1", image="img")
     (task,) = cloud.tasks.poll(ADMIN, "node1")
     cloud.tasks.start(ADMIN, task.id)
-    time.sleep(0.3)
+    clock.advance(59)
+    assert cloud.tasks.expire() == 0
+    clock.advance(2)
     assert cloud.tasks.expire() == 1
     events = cloud.server_events(member("p1"), s.id)
     assert [(e.action, e.outcome) for e in events] == [

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -13,6 +12,7 @@ from fleet import (
     ADMIN,
     HOST,
     T0,
+    Clock,
     a,
     audio,
     catalog,
@@ -566,24 +566,6 @@ def test_a_soft_request_over_quota_is_not_granted(store: Store, cloud: Cloud) ->
     assert (got.status, got.devices, got.not_granted) == (ServerStatus.BUILDING, (),
                                                           ("1 x gpu",))
     check_invariants(store)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> object:
-        return self.now
-
-
-@pytest.fixture
-def clocked(db_url: str) -> Iterator[tuple[Store, Clock]]:
-    clock = Clock()
-    s = Store.open(db_url, clock=clock)  # type: ignore[arg-type]
-    try:
-        yield s, clock
-    finally:
-        s.close()
 
 
 def test_usage_meters_device_seconds_from_allocation_to_free(

@@ -4,13 +4,24 @@ PostgreSQL: every transition, late results, expiry, forced deletes, racing polle
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import replace
 
 import pytest
 from sqlalchemy import select
 
-from fleet import ADMIN, a, audio, catalog, gpu, inventory, member, report, settings, two_gpus
+from fleet import (
+    ADMIN,
+    Clock,
+    a,
+    audio,
+    catalog,
+    gpu,
+    inventory,
+    member,
+    report,
+    settings,
+    two_gpus,
+)
 from pcipass.config import TaskSettings
 from pcipass.errors import Forbidden, NotFound, TaskNotRunnable
 from pcipass.records import DeviceState, Principal, Role, ServerRecord, ServerStatus
@@ -169,16 +180,18 @@ def test_poll_records_that_the_host_was_seen(store: Store, cloud: Cloud) -> None
 
 # --- expiry -------------------------------------------------------------------------------
 
-def test_a_spawn_past_its_deadline_fails_and_a_late_result_is_ignored(store: Store) -> None:
-    # Long enough that a loaded CI machine polls and starts the task before it expires.
+def test_a_spawn_past_its_deadline_fails_and_a_late_result_is_ignored(
+        clocked: tuple[Store, Clock]) -> None:
+    store, clock = clocked
     cloud = make_cloud(store, timeout=1.5)
     report(store, "node1", two_gpus())
     catalog(cloud, {"g1": {"pci_passthrough:alias": "gpu:1"}})
     s = boot(cloud)
     tid = only_task(cloud, "spawn")
     cloud.tasks.start(AGENT, tid)
+    clock.advance(1.4)
     assert cloud.tasks.expire() == 0
-    time.sleep(1.6)
+    clock.advance(0.2)
     assert cloud.tasks.expire() == 1
     assert cloud.tasks.expire() == 0  # idempotent
     got = cloud.get_server(ADMIN, s.id)
@@ -194,7 +207,8 @@ def test_a_spawn_past_its_deadline_fails_and_a_late_result_is_ignored(store: Sto
     no_orphans(store)
 
 
-def test_a_destroy_never_expires(store: Store) -> None:
+def test_a_destroy_never_expires(clocked: tuple[Store, Clock]) -> None:
+    store, clock = clocked
     cloud = make_cloud(store, timeout=0.2)
     report(store, "node1", two_gpus())
     catalog(cloud, {"g1": {"pci_passthrough:alias": "gpu:1"}})
@@ -202,7 +216,7 @@ def test_a_destroy_never_expires(store: Store) -> None:
     tid = only_task(cloud, "spawn")
     assert cloud.tasks.result(AGENT, tid, ok=True, message=None, domain_xml=XML)
     assert cloud.delete_server(ADMIN, s.id).status is ServerStatus.DELETING
-    time.sleep(0.3)
+    clock.advance(3600)
     assert cloud.tasks.expire() == 0
     assert [t.kind for t in cloud.tasks.poll(AGENT, "node1")] == ["destroy"]
     assert state(store, str(s.devices[0].address)) == (DeviceState.ALLOCATED, s.id)

@@ -7,7 +7,9 @@ boots servers of its own names.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,12 +108,53 @@ def test_boot_claims_a_numa_local_device(cloud: Cloud) -> None:
     delete(cloud, made["id"])
 
 
-def test_boot_and_wait_prints_where_it_landed(cloud: Cloud) -> None:
-    out = ok_text(cli("server", "create", "s-wait", "--flavor", "gpu.small", "--image", "cuda",
-                      "--wait", "--timeout", "10", env=cloud.member))
-    assert "server s-wait is BUILDING on gpu-1" in out and "(a100, claimed)" in out
+@contextmanager
+def agent_answering(cloud: Cloud, *, ok: bool, message: str | None = None) -> Iterator[None]:
+    """Play gpu-1's agent in a thread: every spawn it is handed ends with ``ok``."""
+    stop = threading.Event()
+
+    def run() -> None:
+        with cloud.server.client() as http:
+            while not stop.wait(0.05):
+                for task in http.get("/v1/hosts/gpu-1/tasks").json()["tasks"]:
+                    if task["kind"] == "spawn":
+                        http.post(f"/v1/tasks/{task['id']}/result",
+                                  json={"ok": ok, "message": message})
+
+    agent = threading.Thread(target=run)
+    agent.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        agent.join()
+
+
+def test_boot_and_wait_returns_once_the_agent_started_it(cloud: Cloud) -> None:
+    with agent_answering(cloud, ok=True):
+        out = ok_text(cli("server", "create", "s-wait", "--flavor", "gpu.small", "--image",
+                          "cuda", "--wait", "--timeout", "30", env=cloud.member))
+    assert "server s-wait is ACTIVE on gpu-1" in out and "(a100, allocated)" in out
     assert "Server s-wait" in out
     delete(cloud, "s-wait")
+
+
+def test_boot_and_wait_exits_1_with_the_fault_when_the_spawn_fails(cloud: Cloud) -> None:
+    with agent_answering(cloud, ok=False, message="qemu: vfio 0000:4b:00.0: no IOMMU group"):
+        result = cli("server", "create", "s-bad", "--flavor", "gpu.small", "--image", "cuda",
+                     "--wait", "--timeout", "30", env=cloud.member)
+    assert result.exit_code == 1
+    assert "server s-bad is ERROR" in result.stdout
+    assert "could not be booted" in result.stderr and "no IOMMU group" in result.stderr
+    delete(cloud, "s-bad")
+
+
+def test_boot_and_wait_without_an_agent_times_out_naming_the_status(cloud: Cloud) -> None:
+    result = cli("server", "create", "s-slow", "--flavor", "gpu.small", "--image", "cuda",
+                 "--wait", "--timeout", "0.6", env=cloud.member)
+    assert result.exit_code == 1
+    assert "still BUILDING after 0.6s" in result.stderr and "agent" in result.stderr
+    delete(cloud, "s-slow")
 
 
 def test_boot_without_pci_is_placed_without_devices(cloud: Cloud) -> None:
@@ -292,9 +335,12 @@ class FakeClient:
 
 def test_settled() -> None:
     assert not settled({"status": "BUILDING", "host": None})
-    assert settled({"status": "BUILDING", "host": "h1"})
+    assert not settled({"status": "BUILDING", "host": "h1"})   # placed, not started yet
+    assert not settled({"status": "RESIZE", "host": "h1"})
+    assert not settled({"status": "MIGRATING", "host": "h1"})
     assert settled({"status": "ERROR", "host": None})
     assert settled({"status": "ACTIVE", "host": "h1"})
+    assert settled({"status": "VERIFY_RESIZE", "host": "h2"})
 
 
 def test_wait_polls_until_settled_or_timeout() -> None:
@@ -307,10 +353,11 @@ def test_wait_polls_until_settled_or_timeout() -> None:
         now[0] += s
 
     start = {"id": "x", "status": "BUILDING", "host": None}
-    fake = FakeClient([dict(start), {"id": "x", "status": "BUILDING", "host": "h1"}])
+    fake = FakeClient([{"id": "x", "status": "BUILDING", "host": "h1"},
+                       {"id": "x", "status": "ACTIVE", "host": "h1"}])
     done, ok = wait_for(fake, dict(start), timeout=10, poll=1,
                         clock=clock, sleep=sleep)
-    assert ok and done["host"] == "h1" and fake.calls == 2
+    assert ok and done["status"] == "ACTIVE" and fake.calls == 2
     fake = FakeClient([dict(start)] * 10)
     done, ok = wait_for(fake, dict(start), timeout=3, poll=1,
                         clock=clock, sleep=sleep)

@@ -5,8 +5,10 @@ two SR-IOV servers; the real client and CLI.
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +56,23 @@ class World:
                 return
             self.check_ownership()
         raise AssertionError("the task runners never ran out of work")
+
+    @contextmanager
+    def agents_running(self) -> Iterator[None]:
+        """Every host's agent at work in a thread, as while a CLI command waits."""
+        stop = threading.Event()
+
+        def run() -> None:
+            while not stop.wait(0.05):
+                self.run_tasks()
+
+        agents = threading.Thread(target=run)
+        agents.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            agents.join()
 
     def driver(self, host: str) -> FakeVirtDriver:
         return FakeVirtDriver(self.state / host / "virt")
@@ -257,6 +276,33 @@ def test_cli_migrates_to_a_named_host_and_confirms(world: World) -> None:
     member_env = {**env, "PCIPASS_TOKEN": world.member_token}
     refused = cli("server", "migrate", "vm-cli", env=member_env)
     assert refused.exit_code != 0 and "admin" in refused.output
+    world.delete(s)
+
+
+def test_cli_waits_for_a_migration_and_exits_1_when_it_failed(world: World) -> None:
+    s = world.boot("vm-wait", "a100x1")
+    source = s["host"]
+    dest = next(h for h in GPUS if h != source)
+    env = {"PCIPASS_URL": world.url, "PCIPASS_TOKEN": world.admin_token}
+    with world.agents_running():
+        moved = cli("server", "migrate", "vm-wait", "--host", dest, "--wait",
+                    "--timeout", "60", env=env)
+    assert moved.exit_code == 0, moved.output
+    assert f"server vm-wait is VERIFY_RESIZE on {dest}" in moved.stdout
+    world.member.revert_resize("vm-wait")
+    world.run_tasks()
+    assert world.member.server("vm-wait")["host"] == source
+    world.driver(dest).inject_failure(Operation.START, "no IOMMU on this bus",
+                                      target=domain_name(str(s["id"])))
+    try:
+        with world.agents_running():
+            failed = cli("server", "migrate", "vm-wait", "--host", dest, "--wait",
+                         "--timeout", "60", env=env)
+    finally:
+        world.driver(dest).clear_failures()
+    assert failed.exit_code == 1, failed.output
+    assert f"could not be moved, it stays on {source}" in failed.stderr
+    assert "no IOMMU on this bus" in failed.stderr
     world.delete(s)
 
 

@@ -28,7 +28,7 @@ from pcipass.cli.common import (
 )
 from pcipass.cli.networks import parse_nics
 from pcipass.net.port import port_alias
-from pcipass.records import ServerStatus
+from pcipass.records import MoveStatus, ServerStatus
 
 server_app = typer.Typer(help="Servers: boot with devices, look, delete.", no_args_is_help=True)
 
@@ -38,13 +38,18 @@ NicOpt = Annotated[list[str] | None, typer.Option(
     "made for the server, deleted with it) or port-id=PORT; repeatable.", show_default=False)]
 DEFAULT_WAIT_S = 300.0
 POLL_S = 0.5
+TimeoutOpt = Annotated[float, typer.Option("--timeout", min=0.0,
+                                           help="Seconds --wait waits at most.")]
+
+
+TRANSITIONAL = frozenset({ServerStatus.BUILDING.value, ServerStatus.RESIZE.value,
+                          ServerStatus.MIGRATING.value})
 
 
 def settled(server: Mapping[str, Any]) -> bool:
-    """Whether ``--wait`` may stop: the server left BUILDING, or it is placed (has its host,
-    its devices claimed). Until hosts' agents run spawn tasks a placed server stays BUILDING,
-    so placement is as far as a boot gets; once agents start servers, drop the second half."""
-    return server.get("status") != ServerStatus.BUILDING.value or server.get("host") is not None
+    """Whether ``--wait`` may stop: the server is no longer being built or moved (ACTIVE,
+    VERIFY_RESIZE, ERROR, ...), which takes the host's agent running its task."""
+    return server.get("status") not in TRANSITIONAL
 
 
 class ServerSource(Protocol):
@@ -89,11 +94,39 @@ def _print_server(obj: JSON, as_json: bool) -> None:
 
 
 def _server_call(url: str, token: str | None, as_json: bool,
-                 call: Callable[[ApiClient], JSON]) -> None:
-    """One request that answers with the server, printed (or its JSON)."""
+                 call: Callable[[ApiClient], JSON], *, wait: float | None = None,
+                 verb: str | None = None) -> None:
+    """One request that answers with the server, printed (or its JSON); with ``wait`` (in
+    seconds), polled until :func:`settled` first. A server that is (or ends) in ERROR exits
+    1 with its fault, as ``openstack server create --wait`` does, so a script notices.
+    ``verb`` names what the call does to it ("booted", "moved") for that message."""
+    done, failed_move = True, None
     with reported(), ApiClient(url, token) as client:
         obj = call(client)
+        if wait is not None:
+            obj, done = wait_for(client, obj, timeout=wait)
+            if done and verb == "moved":
+                failed_move = _failed_move(client.server_moves(str(obj["id"])))
     _print_server(obj, as_json)
+    if not as_json and (wait is not None or verb == "booted"):
+        console().print(placement_line(obj), highlight=False)
+    if not done:
+        fail(f"server {obj.get('name')} is still {obj.get('status')} after {wait:g}s "
+             f"(is its host's agent running?)")
+    if obj.get("status") == ServerStatus.ERROR.value:
+        what = f"could not be {verb}" if verb else "is ERROR"
+        fail(f"server {obj.get('name')} {what}: "
+             f"{fault_message(obj) or 'no fault recorded'}", EXIT_ERROR)
+    if failed_move is not None:
+        fail(f"server {obj.get('name')} could not be moved, it stays on "
+             f"{obj.get('host')}: {failed_move}", EXIT_ERROR)
+
+
+def _failed_move(moves: list[JSON]) -> str | None:
+    """The newest move's message when it failed (the server went back to its source)."""
+    if not moves or moves[-1].get("status") != MoveStatus.FAILED.value:
+        return None
+    return str(moves[-1].get("message") or "no message recorded")
 
 
 @server_app.command("create")
@@ -106,27 +139,15 @@ def server_create(
         show_default=False)] = None,
     nic: NicOpt = None,
     wait: Annotated[bool, typer.Option(
-        "--wait", help="Wait until the server is placed or leaves BUILDING.")] = False,
-    timeout: Annotated[float, typer.Option(
-        "--timeout", min=0.0, help="Seconds --wait waits at most.")] = DEFAULT_WAIT_S,
+        "--wait", help="Wait until the server leaves BUILDING (ACTIVE or ERROR).")] = False,
+    timeout: TimeoutOpt = DEFAULT_WAIT_S,
     url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Boot a server: the scheduler picks a host and claims its devices, or explains why not."""
     nics = parse_nics(nic)
-    with reported(), ApiClient(url, token) as client:
-        obj = client.create_server(name=name, flavor=flavor, image=image, project=project,
-                                   nics=nics)
-        done = True
-        if wait:
-            obj, done = wait_for(client, obj, timeout=timeout)
-    _print_server(obj, as_json)
-    if not as_json:
-        console().print(placement_line(obj), highlight=False)
-    if not done:
-        fail(f"server {obj.get('name')} is still {obj.get('status')} after {timeout:g}s")
-    if obj.get("status") == ServerStatus.ERROR.value:
-        fail(f"server {obj.get('name')} could not be booted: "
-             f"{fault_message(obj) or 'no fault recorded'}", EXIT_ERROR)
+    _server_call(url, token, as_json, lambda client: client.create_server(
+        name=name, flavor=flavor, image=image, project=project, nics=nics),
+        wait=timeout if wait else None, verb="booted")
 
 
 @server_app.command("list")
@@ -260,13 +281,17 @@ def server_detach_interface(
 def server_resize(
     server: ServerArg,
     flavor: Annotated[str, typer.Option("--flavor", help="The new flavor, by name or id.")],
+    wait: Annotated[bool, typer.Option(
+        "--wait", help="Wait until the move ends (VERIFY_RESIZE, ACTIVE or ERROR).")] = False,
+    timeout: TimeoutOpt = DEFAULT_WAIT_S,
     url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Move a server to another flavor: the new flavor's devices are claimed (on its own
     host when they fit there, else another), the server is rebuilt there and waits in
     VERIFY_RESIZE for `resize-confirm` (frees the old devices) or `resize-revert` (frees
     the new ones and restarts it where it was)."""
-    _server_call(url, token, as_json, lambda client: client.resize_server(server, flavor=flavor))
+    _server_call(url, token, as_json, lambda client: client.resize_server(server, flavor=flavor),
+                 wait=timeout if wait else None, verb="moved")
 
 
 @server_app.command("migrate")
@@ -277,12 +302,16 @@ def server_migrate(
         show_default=False)] = None,
     auto_confirm: Annotated[bool, typer.Option(
         "--auto-confirm", help="Confirm as soon as it runs on the destination.")] = False,
+    wait: Annotated[bool, typer.Option(
+        "--wait", help="Wait until the move ends (VERIFY_RESIZE, ACTIVE or ERROR).")] = False,
+    timeout: TimeoutOpt = DEFAULT_WAIT_S,
     url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Admins: cold-migrate a server (stopped, rebuilt on another host with the same
     devices claimed there). Then confirm or revert as a resize, unless --auto-confirm."""
     _server_call(url, token, as_json,
-                 lambda client: client.migrate_server(server, host=host, auto_confirm=auto_confirm))
+                 lambda client: client.migrate_server(server, host=host, auto_confirm=auto_confirm),
+                 wait=timeout if wait else None, verb="moved")
 
 
 @server_app.command("resize-confirm")
@@ -319,13 +348,17 @@ def server_live_migrate(
     host: Annotated[str | None, typer.Option(
         "--host", help="The destination host (default: any host that fits).",
         show_default=False)] = None,
+    wait: Annotated[bool, typer.Option(
+        "--wait", help="Wait until the move ends (VERIFY_RESIZE, ACTIVE or ERROR).")] = False,
+    timeout: TimeoutOpt = DEFAULT_WAIT_S,
     url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Admins: move a running server to another host without stopping it. Its direct
     (VF) NICs are unplugged for the move and plugged again on the destination's VFs; its
     macvtap NICs move with it. Refused, naming each device, when a device cannot move
     live. Follow the steps with `server events`."""
-    _server_call(url, token, as_json, lambda client: client.live_migrate(server, host=host))
+    _server_call(url, token, as_json, lambda client: client.live_migrate(server, host=host),
+                 wait=timeout if wait else None, verb="moved")
 
 
 def explain_command(

@@ -13,7 +13,14 @@ from sqlalchemy import select
 from fleet import ADMIN, HOST, T0, a, catalog, cloud_of, confirm_destroys, gpu, inventory, member
 from fleet import pf as pf_dev
 from fleet import vf as vf_dev
-from pcipass.errors import Conflict, InvalidConfig, InvalidInventory, InvalidPciRequest, VirtError
+from pcipass.errors import (
+    Conflict,
+    InvalidConfig,
+    InvalidInput,
+    InvalidInventory,
+    InvalidPciRequest,
+    VirtError,
+)
 from pcipass.pci.alias import Alias, parse_aliases
 from pcipass.pci.device import HostKind, PciDevice
 from pcipass.pci.inventory import Inventory, inventory_to_json, parse_inventory
@@ -301,12 +308,36 @@ def test_a_bare_metal_flavor_is_validated_and_takes_no_nics(fleet: Cloud) -> Non
         fleet.create_flavor(ADMIN, name="odd", vcpus=1, ram_mb=1, disk_gb=0,
                             extra_specs={"pcipass:baremetal": "sometimes"})
     assert exc.value.field == "extra_specs.pcipass:baremetal"
-    from pcipass.errors import InvalidInput
-
     with pytest.raises(InvalidInput) as bad:
         fleet.create_server(member("p1"), name="m1", flavor="metal", image="img",
                             nics=[{"net_id": "n", "vnic_type": "direct"}])
     assert bad.value.field == "nics"
+
+
+def test_explain_judges_a_bare_metal_flavor_as_its_boot_would(fleet: Cloud) -> None:
+    got = fleet.explain(ADMIN, flavor="metal-gpu")
+    assert got.fits and [h.host for h in got.hosts if h.fits] == ["bm-small", "bm-big"]
+    assert set(got.hosts[0].devices) == {"0000:5e:00.0", "0000:86:00.0"}   # the whole machine
+    assert "2 hosts can satisfy" in got.message
+    assert "1 host is not a bare-metal host" in got.message
+    fleet.create_server(member("p1"), name="m1", flavor="metal", image="img")
+    fleet.create_server(member("p1"), name="m2", flavor="metal", image="img")
+    full = fleet.explain(ADMIN, flavor="metal")
+    assert not full.fits and full.hosts == ()
+    assert full.message.startswith("No bare-metal machine can satisfy")
+    assert "2 hosts run a server already" in full.message
+    with pytest.raises(InvalidInput) as bad:
+        fleet.explain(ADMIN, flavor="metal", nics=[{"net_id": "n"}])
+    assert bad.value.field == "nics"
+
+
+def test_explain_of_a_vm_flavor_names_the_bare_metal_hosts_it_skips(fleet: Cloud) -> None:
+    got = fleet.explain(ADMIN, flavor="gpu1")
+    verdicts = {h.host: (h.fits, h.reason) for h in got.hosts}
+    assert verdicts["hv"] == (True, None)
+    assert verdicts["bm-big"] == verdicts["bm-small"] == (
+        False, "is a bare-metal host (the flavor does not ask for bare metal)")
+    assert "2 hosts are bare-metal hosts" in got.message
 
 
 def test_an_inventory_of_another_kind_is_stored(store: Store) -> None:

@@ -42,7 +42,7 @@ from pcipass.sched.snapshot import BootRequest, HostView
 from pcipass.sched.weigh import WeighPolicy, weigh
 from pcipass.services.baremetal import machine_verdicts
 from pcipass.store import Store
-from pcipass.store.candidates import Counts, Need
+from pcipass.store.candidates import Counts, MachineCounts, Need
 from pcipass.store.claims import Decide, NewServer, kind_verdict, reserved_verdict
 from pcipass.store.usage import over_quota
 
@@ -93,6 +93,13 @@ def sentence(req: BootRequest, counted: Iterable[tuple[int, NoFit]],
         head = f"{fits} {'host' if fits == 1 else 'hosts'} can satisfy {what}"
         return head + ("; " + "; ".join(parts) if parts else "")
     return f"No host can satisfy {what}: " + "; ".join(parts)
+
+
+def machine_sentence(req: BootRequest, machines: MachineCounts,
+                     verdicts: Iterable[Fit | NoFit]) -> str:
+    """:func:`sentence` for a bare-metal boot: the hosts as whole machines."""
+    return sentence(req, machine_verdicts(req, machines), verdicts).replace(
+        "No host can satisfy", "No bare-metal machine can satisfy", 1)
 
 
 def _perfect(f: Fit, req: BootRequest) -> bool:
@@ -340,10 +347,8 @@ class Placer:
         if self.baremetal:
             machines = self.store.machine_counts(need, req.vcpus, req.ram_mb)
             # Hosts reserved or taken while this boot tried them are in the counts already.
-            verdicts = [v for v in out.verdicts if v.code not in MACHINE_RACE_CODES]
-            message = sentence(req, machine_verdicts(req, machines), verdicts)
-            return message.replace("No host can satisfy", "No bare-metal machine can satisfy",
-                                   1)
+            return machine_sentence(req, machines, [
+                v for v in out.verdicts if v.code not in MACHINE_RACE_CODES])
         counts = self.store.placement_counts(need, req.vcpus, req.ram_mb)
         # A host reserved while this boot tried it is in the counts already.
         verdicts = [v for v in out.verdicts if v.code is not NoFitCode.HOST_RESERVED]

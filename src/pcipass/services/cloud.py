@@ -240,11 +240,14 @@ class Cloud(AttachServices, LiveServices):
         im = (self.store.get_image(image, project=project) if image is not None
               else ImageRecord(id="", name="", source="", properties={}))
         req, _dropped = self._request(fl, im, project)
+        machine = baremetal.is_baremetal(fl)
+        if machine:
+            baremetal.check_nics(fl, nics)
         if nics:
             resolved = self.resolve_nics(p, project, nics)
             req = replace(req, pci=(*req.pci, *planned_requests(
                 resolved, self._nic_policy(fl, im))))
-        return explain_boot(self.store, req, self.policy)
+        return explain_boot(self.store, req, self.policy, baremetal=machine)
 
     # --- quotas and usage ---------------------------------------------------------------
 

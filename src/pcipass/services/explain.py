@@ -10,12 +10,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from pcipass.sched.fit import Fit, NoFit, fit
+from pcipass.sched.fit import Fit, NoFit, fit, fit_machine
 from pcipass.sched.snapshot import BootRequest
 from pcipass.sched.weigh import WeighPolicy, weigh
-from pcipass.services.boot import MAX_EXAMINED, count_verdicts, needs, sentence
+from pcipass.services.boot import (
+    MAX_EXAMINED,
+    count_verdicts,
+    machine_sentence,
+    needs,
+    sentence,
+)
 from pcipass.store import Store
-from pcipass.store.candidates import RAM, RESERVED, VCPUS
+from pcipass.store.candidates import OTHER_KIND, RAM, RESERVED, VCPUS
+from pcipass.store.claims import kind_verdict, reserved_verdict
 
 __all__ = ["Explanation", "HostVerdict", "explain_boot"]
 
@@ -41,24 +48,33 @@ class Explanation:
 MAX_VERDICTS = 100
 
 
-def explain_boot(store: Store, req: BootRequest, policy: WeighPolicy) -> Explanation:
-    """Would ``req`` fit, where, and why not elsewhere; nothing is claimed."""
+def explain_boot(store: Store, req: BootRequest, policy: WeighPolicy, *,
+                 baremetal: bool = False) -> Explanation:
+    """Would ``req`` fit, where, and why not elsewhere; nothing is claimed. ``baremetal``:
+    a whole-machine boot (judged as the boot judges it, by ``fit_machine`` over free
+    bare-metal machines)."""
     kinds = store.kinds()
     need = needs(req.hard, kinds)
-    counts = store.placement_counts(need, req.vcpus, req.ram_mb)
+    judge = fit_machine if baremetal else fit
     judged: dict[str, Fit | NoFit] = {}
     offset = 0
     while len(judged) < MAX_EXAMINED:
         page = store.candidates(need, req.vcpus, req.ram_mb,
                                 spread=policy is WeighPolicy.SPREAD, limit=MAX_VERDICTS,
-                                offset=offset)
+                                offset=offset, baremetal=baremetal)
         for view in store.host_views([c.host_id for c in page]):
-            judged[view.name] = fit(view, req)
+            judged[view.name] = judge(view, req)
         if len(page) < MAX_VERDICTS:
             break
         offset += len(page)
-    message = sentence(req, count_verdicts(req, counts), judged.values())
-    unjudged = counts.passed - len(judged)
+    if baremetal:
+        machines = store.machine_counts(need, req.vcpus, req.ram_mb)
+        message, passed = machine_sentence(req, machines, judged.values()), machines.passed
+    else:
+        counts = store.placement_counts(need, req.vcpus, req.ram_mb)
+        message, passed = sentence(req, count_verdicts(req, counts), judged.values()), \
+            counts.passed
+    unjudged = passed - len(judged)
     if unjudged > 0:
         message += (f"; {unjudged} more {'host' if unjudged == 1 else 'hosts'} with enough "
                     f"free devices were not examined (limit {MAX_EXAMINED})")
@@ -67,13 +83,14 @@ def explain_boot(store: Store, req: BootRequest, policy: WeighPolicy) -> Explana
              for f in weigh(fits, policy)]
     hosts += [HostVerdict(v.host, False, str(v).removeprefix(f"{v.host} "))
               for v in judged.values() if isinstance(v, NoFit)]
-    reasons = {code: v for code, v in _sql_reasons(req)}
-    for _host_id, name, code in store.host_verdict_codes(need, req.vcpus, req.ram_mb,
-                                                         MAX_VERDICTS):
-        if len(hosts) >= MAX_VERDICTS:
-            break
-        if name not in judged and code in reasons:
-            hosts.append(HostVerdict(name, False, reasons[code]))
+    if not baremetal:   # the others, by name, with the SQL check each fails first
+        reasons = {code: v for code, v in _sql_reasons(req)}
+        for _host_id, name, code in store.host_verdict_codes(need, req.vcpus, req.ram_mb,
+                                                             MAX_VERDICTS):
+            if len(hosts) >= MAX_VERDICTS:
+                break
+            if name not in judged and code in reasons:
+                hosts.append(HostVerdict(name, False, reasons[code]))
     return Explanation(message, bool(fits), tuple(hosts))
 
 
@@ -82,4 +99,5 @@ def _sql_reasons(req: BootRequest) -> Iterator[tuple[int, str]]:
         yield i, f"lacks {r.count} free {r.alias!r} device{'s' if r.count > 1 else ''}"
     yield VCPUS, "lacks vCPUs"
     yield RAM, "lacks RAM"
-    yield RESERVED, "is reserved (draining)"
+    yield RESERVED, reserved_verdict("").text
+    yield OTHER_KIND, kind_verdict("", False).text

@@ -285,13 +285,11 @@ def test_agent_reports_then_follows_hot_plug_and_vfs(server: ApiServer, tmp_path
         assert first == {"0000:17:00.0", "0000:3b:00.0"}
         generation = http.get("/v1/hosts/edge-1").json()["generation"]
 
-        # hot-plug a device: reported within a few seconds, not at the 60 s interval
+        # hot-plug a device: reported within WAIT_S, long before the 60 s interval
         tree.add_device(FakeDevice("0000:5e:00.0", "10de", "20f1", "030200", numa_node=1,
                                    iommu_group=3, driver="vfio-pci"))
-        started = time.monotonic()
         wait_for("the hot-plugged GPU", lambda: "0000:5e:00.0" in live(
             host_devices(http, "edge-1")), log=agent.log)
-        assert time.monotonic() - started < 5
 
         # enable VFs: they are reported, with the device spec's tag
         vfs = {str(a) for a in tree.enable_vfs("0000:3b:00.0", 4)}

@@ -7,7 +7,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -27,13 +26,11 @@ def demo_env() -> dict[str, str]:
     return env
 
 
-def run_demo(*args: str) -> tuple[str, float]:
-    started = time.monotonic()
+def run_demo(*args: str) -> str:
     done = subprocess.run([*DEMO, "--once", *args], capture_output=True, text=True,
                           timeout=120, env=demo_env(), check=False)
-    elapsed = time.monotonic() - started
     assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout, elapsed
+    return done.stdout
 
 
 def section(out: str, title: str, *, after: str | None = None) -> str:
@@ -45,9 +42,7 @@ def section(out: str, title: str, *, after: str | None = None) -> str:
 
 @pytest.fixture(scope="module")
 def demo_once() -> str:
-    out, elapsed = run_demo()
-    assert elapsed < 30, f"the demo took {elapsed:.1f}s"
-    return out
+    return run_demo()
 
 
 def test_demo_once_shows_every_profile_hosts_and_pools(demo_once: str) -> None:
@@ -116,7 +111,7 @@ def test_demo_once_boots_refuses_explains_and_frees(demo_once: str) -> None:
 
 
 def test_demo_builds_several_hosts_per_profile() -> None:
-    out, _ = run_demo("--hosts-per-profile", "2")
+    out = run_demo("--hosts-per-profile", "2")
     hosts = section(out, "Hosts (GET /v1/hosts)")
     for profile in PROFILES:
         assert f"{profile}-1" in hosts and f"{profile}-2" in hosts

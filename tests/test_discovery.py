@@ -658,20 +658,18 @@ def test_suggested_spec_is_a_copy() -> None:
 
 # --- scale and the real host -----------------------------------------------------------
 
-def test_many_vfs_discover_quickly(tmp_path: Path) -> None:
+def test_hundreds_of_vfs_are_discovered_across_buses(tmp_path: Path) -> None:
+    # How fast is bench/inventory.py's discovery section, not a wall-clock limit here.
     tree = SysfsTree(tmp_path)
     for k, count in enumerate((256, 64)):
         addr = f"0000:{0x17 + 0x20 * k:02x}:00.0"
         tree.add_device(pf(addr, total=256, group=tree.next_iommu_group(),
                            netdevs=(FakeNetDev(f"ens{k}f0", f"b4:96:91:00:00:0{k}"),)))
         tree.enable_vfs(addr, count)
-    start = time.perf_counter()
     inv = discover(tmp_path)
-    elapsed = time.perf_counter() - start
     assert len(inv.devices) == 322
     last = one(inv, "0000:18:00.7")  # VFs spill onto the next bus, as on real cards
     assert (last.vf_index, last.parent_addr) == (255, A("0000:17:00.0"))
-    assert elapsed < 1.0, f"discovering 322 functions took {elapsed:.2f}s"
 
 
 @pytest.mark.skipif(not Path("/sys/bus/pci/devices").is_dir(),

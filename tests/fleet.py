@@ -61,7 +61,7 @@ class Clock:
 ADMIN = Principal("admin-token", Role.ADMIN)
 LIVE = (ServerStatus.BUILDING, ServerStatus.ACTIVE, ServerStatus.DELETING,
         ServerStatus.RESIZE, ServerStatus.MIGRATING, ServerStatus.VERIFY_RESIZE)
-OPEN_MOVES = ("claimed", "moving", "verify", "confirming", "reverting")
+OPEN_MOVES = ("claimed", "moving", "verify", "confirming", "reverting", "deleting")
 
 
 def current_mark(move: Any) -> int | None:
@@ -74,7 +74,8 @@ def current_mark(move: Any) -> int | None:
 def other_side(move: Any) -> tuple[int, dict[str, Any]] | None:
     """The host and values of a move's side that the server row does not describe, while it
     still holds devices (and vCPUs and RAM) there."""
-    if move.status not in OPEN_MOVES or (move.status == "reverting" and not move.on_dest):
+    if move.status not in OPEN_MOVES or move.status == "deleting" or (
+            move.status == "reverting" and not move.on_dest):
         return None
     return ((move.source_host_id, move.source) if move.on_dest
             else (move.dest_host_id, move.dest))
@@ -240,6 +241,12 @@ def check_invariants(store: Store) -> None:
                     assert ServerStatus(server.status) in LIVE, (owner, server.status)
                     mv = open_moves.get(owner)
                     mark = move_of[stored.id]
+                    if mv is not None and mv.status == "deleting":
+                        # Deleted mid-move: each host holds its part until it destroys it.
+                        assert h.id in (mv.source_host_id, mv.dest_host_id), (owner, h.name)
+                        assert mark in (None, mv.id), (owner, d.address, mark)
+                        assert ServerStatus(server.status) is ServerStatus.DELETING
+                        continue
                     if mv is None or mark == current_mark(mv):
                         assert mv is not None or mark is None, (owner, d.address, mark)
                         assert server.host_id == h.id, (owner, h.name)
@@ -302,9 +309,11 @@ def check_invariants(store: Store) -> None:
                     skipped[f"{count} x {alias}"] -= 1
                     continue
                 wanted[alias] += count
+        mv = open_moves.get(s.id)
+        if mv is not None and mv.status == "deleting":
+            continue    # what each host still holds was checked above
         got = Counter({alias: n for (owner, alias), n in owned.items() if owner == s.id})
         assert got == wanted, (s.id, s.status, dict(got), dict(wanted))
-        mv = open_moves.get(s.id)
         held = other_side(mv) if mv is not None else None
         wanted_other = _wanted(held[1]["requests"], held[1]["not_granted"]) if held else Counter()
         got_other = Counter({alias: n for (owner, alias), n in owned_other.items()

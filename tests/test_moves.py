@@ -369,8 +369,7 @@ def test_a_restart_that_fails_leaves_the_server_in_error_holding_nothing(
 def test_nothing_else_happens_to_a_moving_server(store: Store, cloud: Cloud) -> None:
     active(cloud)
     cloud.resize_server(P1, "vm", flavor="g2")
-    for call in (lambda: cloud.delete_server(P1, "vm"),
-                 lambda: cloud.attach_device(P1, "vm", alias="gpu"),
+    for call in (lambda: cloud.attach_device(P1, "vm", alias="gpu"),
                  lambda: cloud.resize_server(P1, "vm", flavor="g3"),
                  lambda: cloud.migrate_server(ADMIN, "vm")):
         with pytest.raises(Conflict) as err:
@@ -379,6 +378,118 @@ def test_nothing_else_happens_to_a_moving_server(store: Store, cloud: Cloud) -> 
     with pytest.raises(Conflict) as err:
         cloud.confirm_resize(P1, "vm")
     assert err.value.code == "not_verifying"
+
+
+# --- deleting a server mid-move ------------------------------------------------------------
+
+def test_deleting_in_verify_resize_destroys_on_both_hosts_and_frees_both_sides(
+        store: Store, cloud: Cloud) -> None:
+    s = active(cloud)
+    cloud.migrate_server(ADMIN, "vm", host="node2")
+    play(cloud)
+    assert cloud.get_server(ADMIN, s.id).status is ServerStatus.VERIFY_RESIZE
+    both = owned(cloud, s.id)
+    assert {h for h, _a in both} == {"node1", "node2"}
+    gone = cloud.delete_server(P1, "vm")
+    assert gone.status is ServerStatus.DELETING
+    (mv,) = move_rows(store, s.id)
+    assert (mv.status, mv.message) == ("deleting", "the server was deleted during the move")
+    check_invariants(store)
+    # Each host gets one destroy, listing what it holds of the server.
+    polled = {h: cloud.tasks.poll(agent(h), h) for h in ("node1", "node2")}
+    for h, (t,) in polled.items():
+        assert t.kind == "destroy"
+        p = parse_destroy(t.payload)
+        assert (p.move, p.keep_domain, p.keep_disk) == (mv.id, False, False)
+        assert {str(d.address) for d in p.devices} == {a for hh, a in both if hh == h}
+    # node2 confirms first: its part is freed, the server still DELETING for node1's.
+    (t2,) = polled["node2"]
+    cloud.tasks.start(agent("node2"), t2.id)
+    assert cloud.tasks.result(agent("node2"), t2.id, ok=True, message=None, domain_xml=None)
+    assert {h for h, _a in owned(cloud, s.id)} == {"node1"}
+    assert cloud.get_server(ADMIN, s.id).status is ServerStatus.DELETING
+    check_invariants(store)
+    play(cloud)
+    assert cloud.get_server(ADMIN, s.id).status is ServerStatus.DELETED
+    assert owned(cloud, s.id) == {}
+    assert open_usage(store, s.id) == set()
+    assert move_rows(store, s.id)[0].status == "failed"
+    actions = [(e.action, e.outcome) for e in cloud.server_events(ADMIN, s.id)]
+    assert actions[-7:] == [("delete", "started"), ("migrate", "failed"),
+                            ("destroy", "started"), ("destroy", "done"),     # node2
+                            ("destroy", "started"), ("destroy", "done"),     # node1
+                            ("delete", "done")]
+
+
+def test_deleting_before_the_source_let_go_cancels_the_step(store: Store,
+                                                            cloud: Cloud) -> None:
+    s = active(cloud)
+    cloud.resize_server(P1, "vm", flavor="g3")      # node1 has 3: the same host, or node2
+    with store._tx.read() as conn:
+        (queued,) = conn.execute(select(tasks.c.id, tasks.c.kind).where(
+            tasks.c.server_id == s.id, tasks.c.state == "queued")).all()
+    assert queued.kind == "migrate_out"
+    cloud.delete_server(P1, "vm")
+    with store._tx.read() as conn:
+        state = conn.execute(select(tasks.c.state, tasks.c.message)
+                             .where(tasks.c.id == queued.id)).one()
+    assert tuple(state) == ("failed", "the server was deleted during the move")
+    ran = play(cloud)
+    assert {k for _h, k, _s in ran} == {"destroy"}
+    assert cloud.get_server(ADMIN, s.id).status is ServerStatus.DELETED
+    assert owned(cloud, s.id) == {}
+    assert all(d.owner is None for d in store.list_devices(DeviceFilter(), limit=100).items)
+
+
+def test_deleting_while_a_host_runs_a_step_is_a_409_until_it_ends(
+        store: Store, cloud: Cloud) -> None:
+    s = active(cloud)
+    cloud.migrate_server(ADMIN, "vm", host="node2")
+    (t,) = cloud.tasks.poll(agent("node1"), "node1")
+    cloud.tasks.start(agent("node1"), t.id)          # migrate_out running
+    with pytest.raises(Conflict) as err:
+        cloud.delete_server(P1, "vm")
+    assert err.value.code == "move_busy" and "migrate_out" in err.value.message
+    assert move_rows(store, s.id)[0].status == "claimed"    # nothing changed
+    assert cloud.tasks.result(agent("node1"), t.id, ok=True, message=None, domain_xml=None)
+    assert cloud.delete_server(P1, "vm").status is ServerStatus.DELETING
+    play(cloud)
+    assert cloud.get_server(ADMIN, s.id).status is ServerStatus.DELETED
+    assert owned(cloud, s.id) == {}
+
+
+def test_a_host_that_fails_its_part_keeps_it_until_the_delete_is_asked_again(
+        store: Store, cloud: Cloud) -> None:
+    s = active(cloud)
+    cloud.migrate_server(ADMIN, "vm", host="node2")
+    play(cloud)
+    cloud.delete_server(P1, "vm")
+    play(cloud, fail=("node1", "destroy"), message="virsh: domain busy")
+    got = cloud.get_server(ADMIN, s.id)
+    assert (got.status, got.fault) == (ServerStatus.DELETING, "virsh: domain busy")
+    assert {h for h, _a in owned(cloud, s.id)} == {"node1"}
+    with pytest.raises(Conflict) as err:
+        cloud.revert_resize(P1, "vm")
+    assert err.value.code == "not_verifying"
+    cloud.delete_server(P1, "vm")                    # asked again: node1 only
+    ran = play(cloud)
+    assert [(h, k) for h, k, _s in ran] == [("node1", "destroy")]
+    assert cloud.get_server(ADMIN, s.id).status is ServerStatus.DELETED
+    assert owned(cloud, s.id) == {}
+
+
+def test_a_forced_delete_mid_move_is_deleted_at_once_and_frees_on_confirmation(
+        store: Store, cloud: Cloud) -> None:
+    s = active(cloud)
+    cloud.migrate_server(ADMIN, "vm", host="node2")
+    play(cloud)
+    gone = cloud.delete_server(ADMIN, "vm", force=True)
+    assert gone.status is ServerStatus.DELETED
+    assert open_usage(store, s.id) == set()
+    assert len(owned(cloud, s.id)) == 2              # kept until the hosts confirm
+    play(cloud)
+    assert owned(cloud, s.id) == {}
+    assert move_rows(store, s.id)[0].status == "failed"
 
 
 def test_revert_before_the_source_started_cancels_the_move(store: Store, cloud: Cloud) -> None:

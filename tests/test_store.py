@@ -155,7 +155,7 @@ def test_migrations_create_the_schema_on_a_fresh_database(db_url: str) -> None:
     engine = create_engine(db_url, poolclass=NullPool)
     try:
         with engine.connect() as conn:
-            assert current_revision(conn) == head_revision() == "0008"
+            assert current_revision(conn) == head_revision() == "0009"
             assert set(inspect(conn).get_table_names()) >= {
                 "hosts", "devices", "device_tags", "pools", "tokens", "alembic_version"}
     finally:

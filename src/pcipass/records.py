@@ -274,6 +274,7 @@ class MoveStatus(StrEnum):
     VERIFY = "verify"            # running on the destination; waiting for confirm or revert
     CONFIRMING = "confirming"    # confirmed: the source is told to destroy what it kept
     REVERTING = "reverting"      # going back to the source (asked for, or a step failed)
+    DELETING = "deleting"        # the server was deleted mid-move: each host destroys its part
     DONE = "done"
     REVERTED = "reverted"
     FAILED = "failed"            # went back to the source after a failure (or could not)

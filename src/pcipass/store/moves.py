@@ -37,9 +37,24 @@ States (``moves.status``; the server's status in brackets)::
 A restart that fails leaves the server ERROR on the source, holding nothing (as a boot that
 failed: deleting it destroys what the host kept) and the move ``failed``. A confirm's or a
 revert's destroy that fails leaves the move waiting: confirming (or reverting) again queues
-the step again. While a move is open the server cannot be deleted, moved again, or have
-devices attached or detached (409 ``server_moving``); nor can a server move while a device
-change is pending (409 ``device_busy``).
+the step again. While a move is open the server cannot be moved again, or have devices
+attached or detached (409 ``server_moving``); nor can a server move while a device change
+is pending (409 ``device_busy``).
+
+Deleting a server mid-move (:func:`delete_during`, any open move, live ones included) needs
+no host to finish the move first, so a tenant need not confirm a resize to delete it and a
+move stuck on a host that stopped answering does not pin the server::
+
+    any open move ── delete ──▶ deleting: the queued steps cancelled, one "destroy" (step
+                                "delete") on each of the two hosts, listing all it holds
+                                there of both sides (devices, ports as bound there)
+       each host's ok: its devices freed ─▶ the last: failed ("deleted during the move"),
+                                             the server DELETED (ports freed)
+
+A step a host is running is let finish (409 ``move_busy``): its domain could otherwise come
+back after the destroy. The other side's vCPUs and RAM go at once; its devices stay held
+until its host confirms. A host's destroy that fails keeps them held (the server stays
+DELETING with the fault); deleting again re-queues it.
 
 Every step is one transaction that locks the task's host row (the tasks module), then the
 move row, and moves the move with a state predicate (``UPDATE moves ... WHERE id = ? AND
@@ -103,6 +118,8 @@ from pcipass.store.servers import find_server, get_server
 
 OPEN = tuple(s.value for s in MoveStatus if s.open)
 OPEN_TASKS = ("queued", "running")
+DELETE_STEP = "delete"      # the destroy of each host's part of a server deleted mid-move
+DELETED_MID_MOVE = "the server was deleted during the move"
 
 
 @dataclass(frozen=True, slots=True)
@@ -633,6 +650,93 @@ def _queue_revert(conn: Connection, server: Any, move: Any, now: datetime) -> No
                  host=dest, detail={"move": int(move.id), "task": task_id})
 
 
+def _refuse_busy(conn: Connection, server: Any, move: Any, what: str) -> None:
+    """409 ``move_busy`` while a host runs one of the move's steps."""
+    running = conn.execute(select(tasks.c.kind).where(
+        tasks.c.server_id == server.id, tasks.c.state == "running").limit(1)).first()
+    if running is not None:
+        raise Conflict(f"move {move.id} of server {server.name} is {move.status}: a host is "
+                       f"running its {running.kind} task; {what} when it ends",
+                       field="server", code="move_busy")
+
+
+def delete_during(conn: Connection, server: Any, move: Any, now: datetime) -> list[int]:
+    """Delete a server mid-move (or again, while ``deleting``): each of the move's hosts
+    destroys what it holds of the server, unless it is doing so already or has; the tasks
+    queued."""
+    _refuse_busy(conn, server, move, "delete the server")
+    if move.status != MoveStatus.DELETING.value:
+        conn.execute(update(tasks).where(tasks.c.server_id == server.id,
+                                         tasks.c.state == "queued")
+                     .values(state="failed", message=DELETED_MID_MOVE, updated_at=now))
+        if not set_status(conn, move, MoveStatus.DELETING, now, message=DELETED_MID_MOVE):
+            raise Conflict(f"move {move.id} changed meanwhile", field="move")
+        record_event(conn, server.id, _action(move.kind), "failed", DELETED_MID_MOVE, now,
+                     detail={"move": int(move.id)})
+        move = conn.execute(select(moves).where(moves.c.id == move.id)).one()
+    settled = {int(r.host_id) for r in conn.execute(
+        select(tasks.c.host_id, tasks.c.payload).where(
+            tasks.c.server_id == server.id, tasks.c.kind == "destroy",
+            tasks.c.state.in_(("queued", "running", "done"))))
+        if (r.payload or {}).get("step") == DELETE_STEP
+        and (r.payload or {}).get("move") == int(move.id)}
+    return [queue_task(conn, h, server.id, "destroy", _host_part(conn, server, move, h), now)
+            for h in sorted({int(move.source_host_id), int(move.dest_host_id)} - settled)]
+
+
+def _host_part(conn: Connection, server: Any, move: Any, host_id: int) -> dict[str, Any]:
+    """What one host holds of a server deleted mid-move, as a destroy payload: all its
+    devices there (both sides', on a same-host resize), its ports as either side bound them
+    there."""
+    held = conn.execute(select(devices.c.address, devices.c.tags).where(
+        devices.c.owner == server.id, devices.c.host_id == host_id)
+        .order_by(devices.c.address)).all()
+    managed = {r.address: _payloads.managed(r.tags or {}) for r in held}
+    nics = _networks.server_ports(conn, [server.id]).get(server.id, [])
+    interfaces: dict[tuple[str, str], dict[str, Any]] = {}
+    for side, side_host in ((move.source, move.source_host_id), (move.dest, move.dest_host_id)):
+        if side_host != host_id:
+            continue
+        for p in _with_bindings(nics, side):
+            if p.binding is not None:
+                key = (p.id, str(p.binding.address))
+                interfaces[key] = _payloads.interface(p, managed.get(str(p.binding.address),
+                                                                     True))
+    return {"server": _server_ref(server), "move": int(move.id), "step": DELETE_STEP,
+            "devices": [{"address": r.address, "managed": managed[r.address]} for r in held],
+            "interfaces": list(interfaces.values())}
+
+
+def deleted_part(conn: Connection, task: Any, ok: bool, message: str | None,
+                 kind_ids: KindIds, facts: FactsCache, now: datetime) -> None:
+    """A host destroyed its part of a server deleted mid-move: its devices there are freed;
+    once no host holds any, the move is ``failed`` and the server DELETED. A failure keeps
+    them held, the server DELETING with the fault."""
+    move = lock_move(conn, int(task.payload["move"]))
+    if move.status != MoveStatus.DELETING.value:
+        return
+    server_id, host_id = move.server_id, int(task.host_id)
+    if not ok:
+        conn.execute(update(servers).where(servers.c.id == server_id).values(
+            fault=message or "the host could not destroy the server", updated_at=now,
+            generation=servers.c.generation + 1))
+        return
+    freed = [*free_side(conn, server_id, host_id, None, kind_ids, now),
+             *free_side(conn, server_id, host_id, int(move.id), kind_ids, now)]
+    recount_host(conn, host_id)
+    pending = conn.execute(select(tasks.c.id).where(
+        tasks.c.server_id == server_id, tasks.c.kind == "destroy",
+        tasks.c.state.in_(OPEN_TASKS)).limit(1)).first()
+    still = conn.execute(select(devices.c.id).where(devices.c.owner == server_id)
+                         .limit(1)).first()
+    if pending is not None or still is not None:
+        return
+    set_status(conn, move, MoveStatus.FAILED, now)
+    record_event(conn, server_id, "delete", "done", "every host let go of the server", now,
+                 detail={"move": int(move.id), "freed": freed})
+    release(conn, server_id, ServerStatus.DELETED, None, kind_ids, facts, now)
+
+
 def revert(conn: Connection, server_id: str, kind_ids: KindIds, now: datetime
            ) -> ServerRecord:
     """Go back to the source: from ``verify``, the destination destroys the server first;
@@ -647,7 +751,8 @@ def revert(conn: Connection, server_id: str, kind_ids: KindIds, now: datetime
             else:
                 _queue_restart(conn, server, move, now)
         return get_server(conn, server_id)
-    if move is None or move.status == MoveStatus.CONFIRMING.value:
+    if move is None or move.status in (MoveStatus.CONFIRMING.value,
+                                       MoveStatus.DELETING.value):
         state = "no move" if move is None else f"move {move.id} is {move.status}"
         raise Conflict(f"server {server.name} has nothing to revert ({state})",
                        field="server", code="not_verifying")
@@ -782,6 +887,8 @@ def task_result(conn: Connection, task: Any, ok: bool, message: str | None,
         migrated_out(conn, task, ok, message, kind_ids, now)
     elif kind == "spawn":
         spawned(conn, task, ok, message, domain_xml, kind_ids, facts, now)
+    elif kind == "destroy" and payload.get("step") == DELETE_STEP:
+        deleted_part(conn, task, ok, message, kind_ids, facts, now)
     elif kind == "destroy":
         destroyed(conn, task, ok, message, kind_ids, now)
     else:
@@ -790,6 +897,8 @@ def task_result(conn: Connection, task: Any, ok: bool, message: str | None,
 
 
 __all__ = [
+    "DELETED_MID_MOVE",
+    "DELETE_STEP",
     "OPEN",
     "MoveInputs",
     "MoveTarget",
@@ -798,6 +907,8 @@ __all__ = [
     "check_movable",
     "claim_move",
     "confirm",
+    "delete_during",
+    "deleted_part",
     "destroyed",
     "free_side",
     "get_move",

@@ -248,19 +248,41 @@ def _destroy_payload(conn: Connection, server: Any) -> dict[str, Any]:
                 str(p.binding.address), True)) for p in nics]}
 
 
+def _delete_moving(conn: Connection, server: Any, move: Any, force: bool, now: datetime
+                   ) -> ServerRecord:
+    """:func:`delete` of a server with an open move: its hosts each destroy their part."""
+    record_event(conn, server.id, "delete", "started", None, now,
+                 detail={"force": force, "move": int(move.id)})
+    queued = _moves.delete_during(conn, server, move, now)
+    if force:
+        record_event(conn, server.id, "delete", "done", "forced: deleted at once; its "
+                     "devices are kept until its hosts confirm its domains are gone", now,
+                     detail={"move": int(move.id), "tasks": queued})
+        end_usage(conn, server.id, now)
+    status = ServerStatus.DELETED if force else ServerStatus.DELETING
+    conn.execute(update(servers).where(servers.c.id == server.id).values(
+        status=status.value, updated_at=now, generation=servers.c.generation + 1))
+    for h in {int(move.source_host_id), int(move.dest_host_id)}:
+        recount_host(conn, h)
+    return get_server(conn, server.id)
+
+
 def delete(tx: Transactions, server_id: str, force: bool, kind_ids: KindIds,
            facts: FactsCache, now: datetime) -> ServerRecord:
     """Ask the server's host to destroy it: DELETING, devices kept until it confirms.
 
     ``force``: DELETED at once (metering stops), the devices still kept until the host
     confirms. A server that never reached a host, or whose boot failed (it holds nothing),
-    is DELETED at once.
+    is DELETED at once. A server mid-move: each of the move's hosts destroys its part
+    (:func:`pcipass.store.moves.delete_during`).
     """
     with tx.write() as conn:
         server, host_id, _gen = _lock_server(conn, server_id)
         if server.status == ServerStatus.DELETED.value and host_id is not None:
             return get_server(conn, server_id)
-        _moves.refuse_while_moving(conn, server_id, "be deleted")
+        move = _moves.open_move(conn, server_id, lock=True)
+        if move is not None:
+            return _delete_moving(conn, server, move, force, now)
         if server.status != ServerStatus.DELETED.value:
             record_event(conn, server_id, "delete", "started", None, now,
                          detail={"force": force})

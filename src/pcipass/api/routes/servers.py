@@ -65,9 +65,12 @@ def server_events(ref: str, caller: User, cloud: CloudDep) -> Any:
     return {"events": [event_view(e) for e in cloud.server_events(caller, ref)], "next": None}
 
 
-@router.delete("/servers/{ref}", response_model=ServerOut, status_code=202)
+@router.delete("/servers/{ref}", response_model=ServerOut, status_code=202,
+               responses={409: {"model": ErrorOut, "description": "A host is running a step "
+                                "of the server's move (move_busy): delete when it ends"}})
 def delete_server(ref: str, caller: User, cloud: CloudDep, force: bool = False) -> Any:
-    """Frees the server's claims; the reply is the server as it is left."""
+    """Frees the server's claims once its host (each of its move's hosts, mid-move)
+    destroyed it; the reply is the server as it is left."""
     return server_view(cloud.delete_server(caller, ref, force=force))
 
 

@@ -7,15 +7,15 @@ boots servers of its own names.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from rich.console import Console
 
+from agentworld import in_background
 from apicloud import confirm_all_destroys
 from apiserver import ApiServer, api_server
 from cliserver import cli, env_for, failed, member_token, ok_json, ok_text, report_host
@@ -108,26 +108,18 @@ def test_boot_claims_a_numa_local_device(cloud: Cloud) -> None:
     delete(cloud, made["id"])
 
 
-@contextmanager
-def agent_answering(cloud: Cloud, *, ok: bool, message: str | None = None) -> Iterator[None]:
+def agent_answering(cloud: Cloud, *, ok: bool, message: str | None = None
+                    ) -> AbstractContextManager[None]:
     """Play gpu-1's agent in a thread: every spawn it is handed ends with ``ok``."""
-    stop = threading.Event()
 
-    def run() -> None:
+    def answer() -> None:
         with cloud.server.client() as http:
-            while not stop.wait(0.05):
-                for task in http.get("/v1/hosts/gpu-1/tasks").json()["tasks"]:
-                    if task["kind"] == "spawn":
-                        http.post(f"/v1/tasks/{task['id']}/result",
-                                  json={"ok": ok, "message": message})
+            for task in http.get("/v1/hosts/gpu-1/tasks").json()["tasks"]:
+                if task["kind"] == "spawn":
+                    http.post(f"/v1/tasks/{task['id']}/result",
+                              json={"ok": ok, "message": message})
 
-    agent = threading.Thread(target=run)
-    agent.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        agent.join()
+    return in_background(answer)
 
 
 def test_boot_and_wait_returns_once_the_agent_started_it(cloud: Cloud) -> None:

@@ -41,7 +41,7 @@ from pcipass.records import (
 from pcipass.services import Cloud
 from pcipass.store import Store
 from pcipass.store.events import list_events
-from pcipass.store.schema import devices, moves, tasks, usage_records
+from pcipass.store.schema import devices, hosts, moves, tasks, usage_records
 from pcipass.virt.payload import parse_destroy, parse_spawn
 
 P1 = member("p1")
@@ -576,6 +576,40 @@ def test_a_cold_migration_moves_the_ports_binding_and_a_revert_brings_it_back(
     (again,) = back.ports
     assert back.host == source and again.binding == port.binding
     assert again.status == "ACTIVE"
+
+
+@pytest.mark.parametrize("when", ["claimed", "verify"])
+def test_a_delete_mid_migration_gives_back_only_the_ports_a_host_still_holds(
+        store: Store, when: str) -> None:
+    c = Cloud(store, settings())
+    report(store, "net1", sriov())
+    report(store, "net2", sriov())
+    catalog(c, {"plain": {}})
+    c.create_network(ADMIN, name="n1", physical_network="physnet1", segmentation="vlan",
+                     segmentation_id=100)
+    c.create_server(P1, name="vm", flavor="plain", image="img",
+                    nics=[{"net_id": "n1", "vnic_type": "direct"}])
+    play(c)
+    s = c.get_server(P1, "vm")
+    source = s.host
+    c.migrate_server(ADMIN, "vm")
+    if when == "verify":
+        play(c)     # the source let its port go (migrate_out); the destination holds it
+    assert c.delete_server(P1, "vm").status is ServerStatus.DELETING
+    with store._tx.read() as conn:
+        parts = {h: parse_destroy(p) for h, p in conn.execute(
+            select(hosts.c.name, tasks.c.payload).join(hosts, hosts.c.id == tasks.c.host_id)
+            .where(tasks.c.kind == "destroy", tasks.c.state == "queued"))}
+    dest = next(h for h in ("net1", "net2") if h != source)
+    assert set(parts) == {source, dest}
+    assert all(len(p.devices) == 1 for p in parts.values())     # each host's VF
+    holder = source if when == "claimed" else dest
+    assert {h: [i.port for i in p.interfaces] for h, p in parts.items()} == {
+        holder: [s.ports[0].id], ({source, dest} - {holder}).pop(): []}
+    play(c)
+    assert c.get_server(ADMIN, s.id).status is ServerStatus.DELETED
+    assert all(p.id != s.ports[0].id for p in c.list_ports(ADMIN))   # made for it: gone
+    assert owned(c, s.id) == {}
 
 
 def test_a_move_spawn_payload_parses_and_keeps_the_disk_on_the_same_host(

@@ -661,41 +661,63 @@ def _refuse_busy(conn: Connection, server: Any, move: Any, what: str) -> None:
 
 
 def delete_during(conn: Connection, server: Any, move: Any, now: datetime) -> list[int]:
-    """Delete a server mid-move (or again, while ``deleting``): each of the move's hosts
-    destroys what it holds of the server, unless it is doing so already or has; the tasks
-    queued."""
+    """Delete a server mid-move: each of the move's hosts destroys what it holds of the
+    server. Asked again while ``deleting``: each host whose destroy failed is asked again.
+    The tasks queued."""
     _refuse_busy(conn, server, move, "delete the server")
-    if move.status != MoveStatus.DELETING.value:
-        conn.execute(update(tasks).where(tasks.c.server_id == server.id,
-                                         tasks.c.state == "queued")
-                     .values(state="failed", message=DELETED_MID_MOVE, updated_at=now))
-        if not set_status(conn, move, MoveStatus.DELETING, now, message=DELETED_MID_MOVE):
-            raise Conflict(f"move {move.id} changed meanwhile", field="move")
-        record_event(conn, server.id, _action(move.kind), "failed", DELETED_MID_MOVE, now,
-                     detail={"move": int(move.id)})
-        move = conn.execute(select(moves).where(moves.c.id == move.id)).one()
-    settled = {int(r.host_id) for r in conn.execute(
-        select(tasks.c.host_id, tasks.c.payload).where(
-            tasks.c.server_id == server.id, tasks.c.kind == "destroy",
-            tasks.c.state.in_(("queued", "running", "done"))))
-        if (r.payload or {}).get("step") == DELETE_STEP
-        and (r.payload or {}).get("move") == int(move.id)}
-    return [queue_task(conn, h, server.id, "destroy", _host_part(conn, server, move, h), now)
-            for h in sorted({int(move.source_host_id), int(move.dest_host_id)} - settled)]
+    if move.status == MoveStatus.DELETING.value:
+        latest: dict[int, Any] = {}
+        for r in conn.execute(select(tasks.c.host_id, tasks.c.state, tasks.c.payload).where(
+                tasks.c.server_id == server.id, tasks.c.kind == "destroy")
+                .order_by(tasks.c.id)):
+            if (r.payload or {}).get("step") == DELETE_STEP and \
+                    (r.payload or {}).get("move") == int(move.id):
+                latest[int(r.host_id)] = r
+        return [queue_task(conn, h, server.id, "destroy", dict(r.payload), now)
+                for h, r in sorted(latest.items()) if r.state == "failed"]
+    held = _ports_held(move)
+    conn.execute(update(tasks).where(tasks.c.server_id == server.id, tasks.c.state == "queued")
+                 .values(state="failed", message=DELETED_MID_MOVE, updated_at=now))
+    if not set_status(conn, move, MoveStatus.DELETING, now, message=DELETED_MID_MOVE):
+        raise Conflict(f"move {move.id} changed meanwhile", field="move")
+    record_event(conn, server.id, _action(move.kind), "failed", DELETED_MID_MOVE, now,
+                 detail={"move": int(move.id)})
+    return [queue_task(conn, h, server.id, "destroy", _host_part(conn, server, move, h, held),
+                       now)
+            for h in sorted({int(move.source_host_id), int(move.dest_host_id)})]
 
 
-def _host_part(conn: Connection, server: Any, move: Any, host_id: int) -> dict[str, Any]:
+def _ports_held(move: Any) -> tuple[bool, bool]:
+    """Whether the source and the destination have the server's ports programmed (VFs set,
+    switch bound) in the move's state, its queued step not run: those each destroy gives
+    back; a side its agent let go already is not touched again."""
+    status = MoveStatus(move.status)
+    if move.kind == MoveKind.LIVE.value:
+        # prepare programs the destination; a migrate that succeeds lets the source go, one
+        # that fails plugs the NICs back on the source (reverting).
+        return (status in (MoveStatus.CLAIMED, MoveStatus.MOVING, MoveStatus.REVERTING),
+                status is not MoveStatus.CLAIMED)
+    # migrate_out lets the source go; the destination's spawn programs it, its revert
+    # destroy (once on_dest is cleared) gave it back.
+    return (status is MoveStatus.CLAIMED,
+            status in (MoveStatus.VERIFY, MoveStatus.CONFIRMING)
+            or (status is MoveStatus.REVERTING and bool(move.on_dest)))
+
+
+def _host_part(conn: Connection, server: Any, move: Any, host_id: int,
+               held: tuple[bool, bool]) -> dict[str, Any]:
     """What one host holds of a server deleted mid-move, as a destroy payload: all its
-    devices there (both sides', on a same-host resize), its ports as either side bound them
-    there."""
-    held = conn.execute(select(devices.c.address, devices.c.tags).where(
+    devices there (both sides', on a same-host resize), and the ports of each side there
+    whose VFs are still programmed (``held``: source, destination)."""
+    rows = conn.execute(select(devices.c.address, devices.c.tags).where(
         devices.c.owner == server.id, devices.c.host_id == host_id)
         .order_by(devices.c.address)).all()
-    managed = {r.address: _payloads.managed(r.tags or {}) for r in held}
+    managed = {r.address: _payloads.managed(r.tags or {}) for r in rows}
     nics = _networks.server_ports(conn, [server.id]).get(server.id, [])
     interfaces: dict[tuple[str, str], dict[str, Any]] = {}
-    for side, side_host in ((move.source, move.source_host_id), (move.dest, move.dest_host_id)):
-        if side_host != host_id:
+    for side, side_host, ports in ((move.source, move.source_host_id, held[0]),
+                                   (move.dest, move.dest_host_id, held[1])):
+        if side_host != host_id or not ports:
             continue
         for p in _with_bindings(nics, side):
             if p.binding is not None:
@@ -703,7 +725,7 @@ def _host_part(conn: Connection, server: Any, move: Any, host_id: int) -> dict[s
                 interfaces[key] = _payloads.interface(p, managed.get(str(p.binding.address),
                                                                      True))
     return {"server": _server_ref(server), "move": int(move.id), "step": DELETE_STEP,
-            "devices": [{"address": r.address, "managed": managed[r.address]} for r in held],
+            "devices": [{"address": r.address, "managed": managed[r.address]} for r in rows],
             "interfaces": list(interfaces.values())}
 
 

@@ -242,3 +242,28 @@ def test_a_live_migration_that_fits_nowhere_is_logged_as_one(world: World) -> No
     assert refused == [("live_migrate", "failed")]
     assert world.admin.server(s["id"])["status"] == "ACTIVE"
     world.delete(s)
+
+
+def test_a_server_deleted_after_the_destination_prepared_gives_back_both_hosts_vfs(
+        world: World) -> None:
+    s = world.boot("vm-live-del", "small", {"net_id": "net1", "vnic_type": "direct"})
+    src = s["host"]
+    dst = next(h for h in SRIOV if h != src)
+    (port,) = s["ports"]
+    sslot = VfSlot("ens1f0", port["binding"]["vf_index"])
+    world.admin.live_migrate(s["id"], host=dst)
+    world.run_tasks(skip=(src,))                 # the destination prepares; the source waits
+    assert [m["status"] for m in world.admin.server_moves(s["id"])] == ["moving"]
+    prepared = [c.slot for c in world.vfs[dst].ops("program")]
+    assert prepared and world.vfs[dst].state(prepared[-1]).vlan == 100
+    assert world.member.delete_server(s["id"])["status"] == "DELETING"
+    world.run_tasks()
+    assert world.admin.server(s["id"])["status"] == "DELETED"
+    assert world.vfs[dst].state(prepared[-1]) == FRESH_VF       # the prepared VF, back
+    assert world.vfs[src].state(sslot) == FRESH_VF              # and the source's
+    assert not world.driver(src).exists(domain_name(s["id"]))
+    assert not world.driver(dst).exists(domain_name(s["id"]))
+    assert world.owned(s) == {}
+    steps = [(a, o) for a, o, _m in world.events(s)]
+    assert ("live_migrate", "failed") in steps and steps[-1] == ("delete", "done")
+    assert ("live_migrate", "done") not in steps            # the queued migrate never ran

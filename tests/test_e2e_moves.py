@@ -274,3 +274,54 @@ def test_a_reverted_migration_reprograms_the_source_vf(world: World) -> None:
     assert world.vfs[dest].state(dslot) == FRESH_VF
     world.delete(s)
     assert world.vfs[source].state(slot) == FRESH_VF
+
+
+# --- deleting mid-move ------------------------------------------------------------------------
+
+def test_a_server_deleted_in_verify_resize_is_destroyed_on_both_hosts(world: World) -> None:
+    s = world.boot("vm-del", "a100x1")
+    source = s["host"]
+    dest = next(h for h in GPUS if h != source)
+    free_before = {h: world.free(h) for h in GPUS}
+    world.admin.migrate_server("vm-del", host=dest)
+    world.run_tasks()
+    assert world.member.server("vm-del")["status"] == "VERIFY_RESIZE"
+    assert world.domain(source, s) == (True, False) and world.domain(dest, s) == (True, True)
+    gone = world.member.delete_server("vm-del")
+    assert gone["status"] == "DELETING"
+    world.run_tasks()
+    assert world.admin.server(s["id"])["status"] == "DELETED"
+    assert world.domain(source, s) == (False, False) and world.domain(dest, s) == (False, False)
+    assert world.owned(s) == {}
+    (held,) = [d["address"] for d in s["devices"]]
+    assert world.free(source) == sorted([*free_before[source], held])   # both sides back
+    assert world.free(dest) == free_before[dest]
+    (move,) = world.admin.server_moves(s["id"])
+    assert (move["status"], move["message"]) == ("failed",
+                                                 "the server was deleted during the move")
+    assert [e[:2] for e in world.events(s, "migrate", "delete")][-3:] == [
+        ("delete", "started"), ("migrate", "failed"), ("delete", "done")]
+
+
+def test_a_server_deleted_mid_migration_gives_each_vf_back_once(world: World) -> None:
+    s = world.boot("vm-del-nic", "small", {"net_id": "net1", "vnic_type": "direct"})
+    source = s["host"]
+    (port,) = s["ports"]
+    slot = VfSlot(port["binding"]["pf_netdev"], port["binding"]["vf_index"])
+    world.admin.migrate_server("vm-del-nic")
+    world.run_tasks()
+    moved = world.member.server("vm-del-nic")
+    dest = moved["host"]
+    nb = moved["ports"][0]["binding"]
+    dslot = VfSlot(nb["pf_netdev"], nb["vf_index"])
+    assert world.vfs[source].state(slot) == FRESH_VF      # migrate_out gave it back
+    assert world.vfs[dest].state(dslot).vlan == 100
+    restores = len(world.vfs[source].ops("restore"))
+    world.member.delete_server("vm-del-nic")
+    world.run_tasks()
+    assert world.admin.server(s["id"])["status"] == "DELETED"
+    assert world.vfs[dest].state(dslot) == FRESH_VF
+    assert world.vfs[source].state(slot) == FRESH_VF
+    assert len(world.vfs[source].ops("restore")) == restores   # not given back twice
+    assert world.owned(s) == {}
+    assert all(p["id"] != port["id"] for p in world.admin.ports().items)

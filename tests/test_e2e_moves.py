@@ -255,17 +255,23 @@ def test_a_cold_migration_moves_the_port_vfs_and_the_switch_follows(world: World
     assert world.vfs[dest].state(new_slot) == FRESH_VF
 
 
-def test_a_reverted_migration_reprograms_the_source_vf(world: World) -> None:
-    s = world.boot("vm-nic2", "small", {"net_id": "net1", "vnic_type": "direct"})
-    source = s["host"]
+def migrated_with_a_port(world: World, name: str) -> tuple[JSON, str, VfSlot, str, VfSlot]:
+    """A server with a direct port, cold-migrated and waiting in VERIFY_RESIZE: the server
+    as booted, and each host with the port's VF there (source, then destination)."""
+    s = world.boot(name, "small", {"net_id": "net1", "vnic_type": "direct"})
     (port,) = s["ports"]
     slot = VfSlot(port["binding"]["pf_netdev"], port["binding"]["vf_index"])
-    world.admin.migrate_server("vm-nic2")
+    world.admin.migrate_server(name)
     world.run_tasks()
-    moved = world.member.server("vm-nic2")
-    dest = moved["host"]
-    dslot = VfSlot(moved["ports"][0]["binding"]["pf_netdev"],
-                   moved["ports"][0]["binding"]["vf_index"])
+    moved = world.member.server(name)
+    assert moved["status"] == "VERIFY_RESIZE"
+    nb = moved["ports"][0]["binding"]
+    return s, s["host"], slot, moved["host"], VfSlot(nb["pf_netdev"], nb["vf_index"])
+
+
+def test_a_reverted_migration_reprograms_the_source_vf(world: World) -> None:
+    s, source, slot, dest, dslot = migrated_with_a_port(world, "vm-nic2")
+    (port,) = s["ports"]
     world.admin.revert_resize("vm-nic2")
     world.run_tasks()
     back = world.member.server("vm-nic2")
@@ -304,16 +310,8 @@ def test_a_server_deleted_in_verify_resize_is_destroyed_on_both_hosts(world: Wor
 
 
 def test_a_server_deleted_mid_migration_gives_each_vf_back_once(world: World) -> None:
-    s = world.boot("vm-del-nic", "small", {"net_id": "net1", "vnic_type": "direct"})
-    source = s["host"]
+    s, source, slot, dest, dslot = migrated_with_a_port(world, "vm-del-nic")
     (port,) = s["ports"]
-    slot = VfSlot(port["binding"]["pf_netdev"], port["binding"]["vf_index"])
-    world.admin.migrate_server("vm-del-nic")
-    world.run_tasks()
-    moved = world.member.server("vm-del-nic")
-    dest = moved["host"]
-    nb = moved["ports"][0]["binding"]
-    dslot = VfSlot(nb["pf_netdev"], nb["vf_index"])
     assert world.vfs[source].state(slot) == FRESH_VF      # migrate_out gave it back
     assert world.vfs[dest].state(dslot).vlan == 100
     restores = len(world.vfs[source].ops("restore"))

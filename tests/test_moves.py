@@ -382,12 +382,18 @@ def test_nothing_else_happens_to_a_moving_server(store: Store, cloud: Cloud) -> 
 
 # --- deleting a server mid-move ------------------------------------------------------------
 
-def test_deleting_in_verify_resize_destroys_on_both_hosts_and_frees_both_sides(
-        store: Store, cloud: Cloud) -> None:
+def verifying_on_node2(cloud: Cloud) -> ServerRecord:
+    """A server of node1's migrated to node2, waiting there in VERIFY_RESIZE."""
     s = active(cloud)
     cloud.migrate_server(ADMIN, "vm", host="node2")
     play(cloud)
     assert cloud.get_server(ADMIN, s.id).status is ServerStatus.VERIFY_RESIZE
+    return s
+
+
+def test_deleting_in_verify_resize_destroys_on_both_hosts_and_frees_both_sides(
+        store: Store, cloud: Cloud) -> None:
+    s = verifying_on_node2(cloud)
     both = owned(cloud, s.id)
     assert {h for h, _a in both} == {"node1", "node2"}
     gone = cloud.delete_server(P1, "vm")
@@ -460,9 +466,7 @@ def test_deleting_while_a_host_runs_a_step_is_a_409_until_it_ends(
 
 def test_a_host_that_fails_its_part_keeps_it_until_the_delete_is_asked_again(
         store: Store, cloud: Cloud) -> None:
-    s = active(cloud)
-    cloud.migrate_server(ADMIN, "vm", host="node2")
-    play(cloud)
+    s = verifying_on_node2(cloud)
     cloud.delete_server(P1, "vm")
     play(cloud, fail=("node1", "destroy"), message="virsh: domain busy")
     got = cloud.get_server(ADMIN, s.id)
@@ -480,9 +484,7 @@ def test_a_host_that_fails_its_part_keeps_it_until_the_delete_is_asked_again(
 
 def test_a_forced_delete_mid_move_is_deleted_at_once_and_frees_on_confirmation(
         store: Store, cloud: Cloud) -> None:
-    s = active(cloud)
-    cloud.migrate_server(ADMIN, "vm", host="node2")
-    play(cloud)
+    s = verifying_on_node2(cloud)
     gone = cloud.delete_server(ADMIN, "vm", force=True)
     assert gone.status is ServerStatus.DELETED
     assert open_usage(store, s.id) == set()
@@ -542,18 +544,23 @@ def sriov() -> Any:
                        for i in range(2)))
 
 
-def test_a_cold_migration_moves_the_ports_binding_and_a_revert_brings_it_back(
-        store: Store) -> None:
+def with_a_port(store: Store) -> tuple[Cloud, ServerRecord]:
+    """Two SR-IOV hosts and an ACTIVE server "vm" with a direct port on VLAN 100."""
     c = Cloud(store, settings())
     report(store, "net1", sriov())
     report(store, "net2", sriov())
     catalog(c, {"plain": {}})
     c.create_network(ADMIN, name="n1", physical_network="physnet1", segmentation="vlan",
                      segmentation_id=100)
-    s = c.create_server(P1, name="vm", flavor="plain", image="img",
-                        nics=[{"net_id": "n1", "vnic_type": "direct"}])
+    c.create_server(P1, name="vm", flavor="plain", image="img",
+                    nics=[{"net_id": "n1", "vnic_type": "direct"}])
     play(c)
-    s = c.get_server(P1, "vm")
+    return c, c.get_server(P1, "vm")
+
+
+def test_a_cold_migration_moves_the_ports_binding_and_a_revert_brings_it_back(
+        store: Store) -> None:
+    c, s = with_a_port(store)
     (port,) = s.ports
     assert port.binding is not None and port.binding.host == s.host
     source = s.host
@@ -581,16 +588,7 @@ def test_a_cold_migration_moves_the_ports_binding_and_a_revert_brings_it_back(
 @pytest.mark.parametrize("when", ["claimed", "verify"])
 def test_a_delete_mid_migration_gives_back_only_the_ports_a_host_still_holds(
         store: Store, when: str) -> None:
-    c = Cloud(store, settings())
-    report(store, "net1", sriov())
-    report(store, "net2", sriov())
-    catalog(c, {"plain": {}})
-    c.create_network(ADMIN, name="n1", physical_network="physnet1", segmentation="vlan",
-                     segmentation_id=100)
-    c.create_server(P1, name="vm", flavor="plain", image="img",
-                    nics=[{"net_id": "n1", "vnic_type": "direct"}])
-    play(c)
-    s = c.get_server(P1, "vm")
+    c, s = with_a_port(store)
     source = s.host
     c.migrate_server(ADMIN, "vm")
     if when == "verify":

@@ -23,10 +23,8 @@ from apiserver import api_server
 from pcipass.agent.tasks import TaskRunner
 from pcipass.cli.agent import disk_overlays, host_cpus, migration_uri, with_migration_uri
 from pcipass.cli.client import JSON, ApiClient
-from pcipass.host.discovery import discover
-from pcipass.host.profiles import build_host, suggested_aliases, suggested_device_spec
+from pcipass.host.profiles import suggested_aliases
 from pcipass.host.sriov.fake import RecordingVfProgrammer
-from pcipass.pci.devspec import DeviceSpecSet, parse_device_spec
 from pcipass.pci.inventory import Inventory, inventory_to_json
 from pcipass.virt.driver import DriverKind, open_driver
 from pcipass.virt.fake import FakeVirtDriver
@@ -43,18 +41,6 @@ SRIOV_SPEC = [{"vendor_id": "8086", "product_id": "1889", "address": "0000:3b:00
 SRIOV_TWO_NETS_SPEC = [*SRIOV_SPEC, {"devname": "ens2f1", "physical_network": "physnet2"}]
 
 Event = tuple[str, str, str | None]
-
-
-def host_inventory(root: Path, profile: str, spec: list[dict[str, str]] | None = None,
-                   index: int = 0) -> Inventory:
-    """Build ``profile``'s sysfs under ``root`` and discover it under ``spec`` (the profile's
-    suggested device spec by default), as the host's agent would report it."""
-    build_host(root, profile, index=index)
-    entries = suggested_device_spec(profile) if spec is None else spec
-    specs = DeviceSpecSet(tuple(s for i, entry in enumerate(entries)
-                                for s in parse_device_spec(entry, position=i)))
-    found = discover(root)
-    return Inventory(host=found.host, devices=specs.apply(found.devices))
 
 
 

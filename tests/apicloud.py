@@ -16,10 +16,9 @@ from typing import Any
 import httpx
 
 from apiserver import ApiServer, inventory, report
-from pcipass.host.discovery import discover
-from pcipass.host.profiles import build_host, suggested_device_spec
+from fleet import host_inventory
+from pcipass.host.profiles import suggested_device_spec
 from pcipass.pci.device import PciDevice
-from pcipass.pci.devspec import DeviceSpecSet, parse_device_spec
 from pcipass.pci.inventory import Inventory
 
 JSON = dict[str, Any]
@@ -48,12 +47,8 @@ def isolated(devices: Iterable[PciDevice]) -> list[PciDevice]:
 def profile_inventory(root: Path, profile: str, *, rack: str, index: int = 0) -> Inventory:
     """A host built from one of the demo's profiles, discovered from its simulated sysfs and
     marked assignable by the device spec its operator would write, plus a ``rack`` tag."""
-    build_host(root, profile, index=index)
-    specs = DeviceSpecSet(tuple(
-        spec for i, entry in enumerate(suggested_device_spec(profile))
-        for spec in parse_device_spec({**entry, "rack": rack}, position=i)))
-    found = discover(root)
-    return Inventory(host=found.host, devices=specs.apply(found.devices))
+    return host_inventory(root, profile, [{**entry, "rack": rack}
+                                          for entry in suggested_device_spec(profile)], index)
 
 
 def put_host(http: httpx.Client, host: str, inv: Inventory | Sequence[PciDevice]) -> int:

@@ -15,11 +15,9 @@ import httpx
 from typer.testing import CliRunner, Result
 
 from apiserver import ApiServer
+from fleet import host_inventory
 from pcipass.cli.main import app
-from pcipass.host.discovery import discover
-from pcipass.host.profiles import build_host, suggested_device_spec
-from pcipass.pci.devspec import DeviceSpecSet, parse_device_spec
-from pcipass.pci.inventory import Inventory, inventory_to_json
+from pcipass.pci.inventory import inventory_to_json
 
 CLEAN_ENV: dict[str, str | None] = {
     k: None for k in ("PCIPASS_URL", "PCIPASS_TOKEN", "PCIPASS_CONFIG", "PCIPASS_STATE_DIR",
@@ -58,17 +56,8 @@ def failed(result: Result, code: int = 1) -> str:
     return message
 
 
-def profile_inventory(root: Path, profile: str, *, index: int = 0) -> Inventory:
-    build_host(root, profile, index=index)
-    specs = DeviceSpecSet(tuple(
-        spec for i, entry in enumerate(suggested_device_spec(profile))
-        for spec in parse_device_spec(entry, position=i)))
-    found = discover(root)
-    return Inventory(host=found.host, devices=specs.apply(found.devices))
-
-
 def report_host(server: ApiServer, name: str, root: Path, profile: str) -> None:
-    body = {"generation": None, **inventory_to_json(profile_inventory(root, profile))}
+    body = {"generation": None, **inventory_to_json(host_inventory(root, profile))}
     with server.client() as http:
         reply = http.put(f"/v1/hosts/{name}/inventory", json=body)
     assert reply.status_code == 200, reply.text

@@ -144,16 +144,22 @@ def two_gpus(numa: tuple[int, int] = (0, 1)) -> Inventory:
 
 # --- demo profiles --------------------------------------------------------------------------
 
-@cache
-def profile_inventory(profile: str) -> Inventory:
-    """A host of ``profile`` as its agent would report it (device spec applied)."""
-    root = Path(tempfile.mkdtemp(prefix=f"pcipass-{profile}-"))
-    build_host(root, profile)
-    specs = DeviceSpecSet(tuple(
-        spec for i, entry in enumerate(suggested_device_spec(profile))
-        for spec in parse_device_spec(entry, position=i)))
+def host_inventory(root: Path, profile: str, spec: Sequence[dict[str, str]] | None = None,
+                   index: int = 0) -> Inventory:
+    """Build ``profile``'s sysfs under ``root`` and discover it under ``spec`` (the profile's
+    suggested device spec by default), as the host's agent would report it."""
+    build_host(root, profile, index=index)
+    entries = suggested_device_spec(profile) if spec is None else spec
+    specs = DeviceSpecSet(tuple(s for i, entry in enumerate(entries)
+                                for s in parse_device_spec(entry, position=i)))
     found = discover(root)
     return Inventory(host=found.host, devices=specs.apply(found.devices))
+
+
+@cache
+def profile_inventory(profile: str) -> Inventory:
+    """A host of ``profile`` as its agent would report it, in a directory of its own."""
+    return host_inventory(Path(tempfile.mkdtemp(prefix=f"pcipass-{profile}-")), profile)
 
 
 def settings(**scheduler: Any) -> Settings:

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from agentworld import A100, PROJECT, SRIOV_SPEC, World, agent_world, host_inventory
+from agentworld import A100, PROJECT, SRIOV_SPEC, World, agent_world
+from fleet import host_inventory
 from pcipass import errors
 from pcipass.host.sriov.fake import FRESH_VF
 from pcipass.host.sriov.model import VfSlot

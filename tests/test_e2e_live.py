@@ -11,9 +11,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from agentworld import PROJECT, SRIOV_TWO_NETS_SPEC, World, agent_world, host_inventory
+from agentworld import PROJECT, SRIOV_TWO_NETS_SPEC, World, agent_world
 from apiserver import assert_error
 from cliserver import cli, ok_json, ok_text
+from fleet import host_inventory
 from pcipass import errors
 from pcipass.cli.client import JSON
 from pcipass.host.sriov.fake import FRESH_VF

@@ -9,8 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from agentworld import PROJECT, SRIOV_SPEC, World, agent_world, host_inventory
+from agentworld import PROJECT, SRIOV_SPEC, World, agent_world
 from cliserver import cli
+from fleet import host_inventory
 from pcipass import errors
 from pcipass.cli.client import JSON
 from pcipass.host.sriov.fake import FRESH_VF

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from agentworld import SRIOV_TWO_NETS_SPEC, World, agent_world, host_inventory
+from agentworld import SRIOV_TWO_NETS_SPEC, World, agent_world
+from fleet import host_inventory
 from pcipass.cli.client import JSON
 from pcipass.host.sriov.fake import FRESH_VF
 from pcipass.host.sriov.model import VfSlot

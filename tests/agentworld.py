@@ -73,7 +73,8 @@ class World:
     other: ApiClient                     # a member of another project
     runners: dict[str, TaskRunner]
     vfs: dict[str, RecordingVfProgrammer]
-    state: Path
+    state: Path                          # the agents' state directories, one per host
+    server_state: Path                   # the API server's state directory
     rounds: int = 50
 
     def run_tasks(self, *, skip: Collection[str] = ()) -> None:
@@ -204,7 +205,7 @@ def agent_world(tmp: Path, hosts: Mapping[str, Inventory], *, sriov: Collection[
             with ApiClient(api.url, member_token) as member, \
                     ApiClient(api.url, other_token) as other:
                 yield World(api.url, api.admin_token, member_token, admin, member, other,
-                            runners, vfs, state, rounds)
+                            runners, vfs, state, tmp / "server" / "state", rounds)
         finally:
             for r in runners.values():
                 r.close()

@@ -5,6 +5,7 @@ two SR-IOV servers; the real client and CLI.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -16,8 +17,9 @@ from pcipass import errors
 from pcipass.cli.client import JSON
 from pcipass.host.sriov.fake import FRESH_VF
 from pcipass.host.sriov.model import VfSlot
+from pcipass.services.move_disks import MOVE_DISKS_DIR
 from pcipass.virt.driver import Operation
-from pcipass.virt.payload import domain_name
+from pcipass.virt.payload import domain_name, overlay_path
 
 GPUS = ("gpu-1", "gpu-2")
 NICS = ("sriov-1", "sriov-2")
@@ -324,3 +326,60 @@ def test_a_server_deleted_mid_migration_gives_each_vf_back_once(world: World) ->
     assert len(world.vfs[source].ops("restore")) == restores   # not given back twice
     assert world.owned(s) == {}
     assert all(p["id"] != port["id"] for p in world.admin.ports().items)
+
+
+# --- the disk goes with the server ------------------------------------------------------------
+
+def test_a_cold_migration_hands_the_guests_disk_to_the_destination(world: World) -> None:
+    s = world.boot("vm-disk", "a100x1")
+    source = s["host"]
+    dest = next(h for h in GPUS if h != source)
+    written = b"what the guest wrote before the move\n" * 1000
+    with overlay_path(world.state / source, s["id"]).open("ab") as disk:
+        disk.write(written)
+    source_disk = overlay_path(world.state / source, s["id"]).read_bytes()
+    world.admin.migrate_server("vm-disk", host=dest)
+    world.run_tasks()
+    assert world.member.server("vm-disk")["status"] == "VERIFY_RESIZE"
+    assert overlay_path(world.state / dest, s["id"]).read_bytes() == source_disk
+    (move,) = world.admin.server_moves(s["id"])
+    copy = world.server_state / MOVE_DISKS_DIR / f"{move['id']}.qcow2"
+    assert copy.read_bytes() == source_disk
+    # Only the destination's agent, while its spawn runs, may take it; no member ever.
+    with pytest.raises(errors.Forbidden):
+        world.runners[source].client.get_move_disk(move["id"], world.state / "stolen")
+    with pytest.raises(errors.Forbidden):
+        world.member.get_move_disk(move["id"], world.state / "stolen")
+    with pytest.raises(errors.Conflict) as late:
+        world.runners[dest].client.get_move_disk(move["id"], world.state / "late")
+    assert late.value.code == "move_not_ready"
+    assert not (world.state / "stolen").exists() and not (world.state / "late").exists()
+    world.admin.confirm_resize("vm-disk")
+    world.run_tasks()
+    assert not overlay_path(world.state / source, s["id"]).exists()
+    deadline = time.monotonic() + 20     # the server's sweep removes the copy
+    while copy.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not copy.exists()
+    world.delete(s)
+
+
+def test_a_move_on_one_host_keeps_its_disk_and_hands_nothing_over(world: World) -> None:
+    s = world.boot("vm-disk-same", "a100x1")
+    host = s["host"]
+    disk = overlay_path(world.state / host, s["id"])
+    with disk.open("ab") as f:
+        f.write(b"kept in place")
+    world.member.resize_server("vm-disk-same", flavor="a100x2")
+    world.run_tasks()
+    moved = world.member.server("vm-disk-same")
+    assert (moved["status"], moved["host"]) == ("VERIFY_RESIZE", host)
+    assert disk.read_bytes().endswith(b"kept in place")
+    (move,) = world.admin.server_moves(s["id"])
+    with pytest.raises(errors.Conflict) as none:
+        world.runners[host].client.get_move_disk(move["id"], world.state / "none")
+    assert none.value.code == "no_disk_handoff"
+    world.member.revert_resize("vm-disk-same")
+    world.run_tasks()
+    assert disk.read_bytes().endswith(b"kept in place")
+    world.delete(s)

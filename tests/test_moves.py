@@ -652,3 +652,13 @@ def test_a_bare_metal_server_cannot_move_nor_a_server_resize_onto_bare_metal(
     with pytest.raises(Conflict) as err:
         cloud.migrate_server(ADMIN, "vm", host="metal")   # never onto a bare-metal host
     assert err.value.code == "no_valid_host"
+
+
+def test_closed_move_ids_names_the_moves_that_are_over(store: Store, cloud: Cloud) -> None:
+    s = verifying_on_node2(cloud)
+    (mv,) = move_rows(store, s.id)
+    assert store.closed_move_ids([int(mv.id), 999]) == {999}      # open; never existed
+    cloud.confirm_resize(P1, "vm")
+    play(cloud)
+    assert store.closed_move_ids([int(mv.id)]) == {int(mv.id)}
+    assert store.closed_move_ids([]) == set()

@@ -29,6 +29,7 @@ from pcipass.config import (
 )
 from pcipass.errors import PcipassError
 from pcipass.records import Role
+from pcipass.services.move_disks import MOVE_DISKS_DIR, MoveDisks
 from pcipass.services.sweeper import Sweeper
 from pcipass.store import Store
 
@@ -45,7 +46,8 @@ def serve(settings: Settings) -> None:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
     host, port = settings.server.host, settings.server.port
     store = Store.open(settings.server.db, migrate=True)
-    sweeper = Sweeper(settings.server.db, settings.tasks.timeout)
+    sweeper = Sweeper(settings.server.db, settings.tasks.timeout,
+                      disks=MoveDisks(settings.state_dir / MOVE_DISKS_DIR))
     try:
         if settings.server.admin_token:
             store.ensure_token(settings.server.admin_token, role=Role.ADMIN)

@@ -402,6 +402,10 @@ class TaskApi(Protocol):
     def report_task(self, task_id: str, ok: bool, message: str | None = None,
                     domain_xml: str | None = None) -> JSON: ...
 
+    def put_move_disk(self, move_id: str, disk: Path) -> None: ...
+
+    def get_move_disk(self, move_id: str, target: Path) -> None: ...
+
 
 def _message(exc: BaseException) -> str:
     return exc.message if isinstance(exc, errors.PcipassError) else f"{type(exc).__name__}: {exc}"
@@ -709,6 +713,9 @@ class TaskRunner:
         try:
             for step in spawn_plan(self._seen(spec.name)):
                 if step is Step.CREATE_DISK and spec.disk is not None:
+                    overlay = Path(spec.disk.overlay)
+                    if p.disk_from_move is not None and not overlay.exists():
+                        self._take_disk(p.disk_from_move, overlay)
                     self.overlays.create(spec.disk, size_gb=p.disk_gb)
                 elif step is Step.DETACH:
                     for a in spec.unmanaged_addresses:
@@ -734,6 +741,15 @@ class TaskRunner:
             problems += released
             extra = f" (cleanup: {'; '.join(problems)})" if problems else ""
             return journal, Result(False, _message(exc) + extra)
+
+    def _take_disk(self, move_id: int, overlay: Path) -> None:
+        """A cold move's destination: the disk its source handed over becomes this host's
+        overlay. None handed over (the source had no disk left): a fresh one is made."""
+        try:
+            self.client.get_move_disk(str(move_id), overlay)
+        except errors.NotFound:
+            log.warning("move %s handed no disk over: server gets a fresh disk at %s",
+                        move_id, overlay)
 
     def _program_vfs(self, journal: Journal, interfaces: Sequence[PayloadInterface]
                      ) -> Journal:
@@ -897,8 +913,9 @@ class TaskRunner:
 
     def _migrate_out(self, journal: Journal) -> tuple[Journal, Result]:
         """Stop the domain and let its ports go (VFs restored, switch unbound), keeping its
-        definition, its disk and its unmanaged functions detached for a revert. Each step
-        is idempotent."""
+        definition, its disk and its unmanaged functions detached for a revert; for another
+        host, hand the stopped disk over last (a failure then leaves what a revert expects).
+        Each step is idempotent."""
         p = parse_destroy(journal.payload)
         driver = self.ensure_driver()
         name = domain_name(p.server.id)
@@ -909,6 +926,13 @@ class TaskRunner:
                                                 switch_bindings(p.interfaces), strict=True)
         if problems:
             return journal, Result(False, "; ".join(problems))
+        disk = overlay_path(self.state_dir, p.server.id)
+        if p.hand_off_disk and p.move is not None and disk.exists():
+            try:
+                self.client.put_move_disk(str(p.move), disk)
+            except errors.PcipassError as exc:
+                return journal, Result(False, f"host {self.host} could not hand the disk of "
+                                              f"server {p.server.id} over: {exc.message}")
         return journal, Result(True, None, driver.get_xml(name) if driver.exists(name)
                                else None)
 

@@ -22,6 +22,7 @@ from pcipass.api.routes import (
     health,
     hosts,
     images,
+    moves,
     networks,
     pools,
     ports,
@@ -69,7 +70,7 @@ def create_app(settings: Settings, store: Store, *, close_store: bool = False) -
     install_error_handlers(app)
     app.include_router(health.router, prefix="/v1")
     for module in (tokens, hosts, devices, pools, aliases, flavors, images, networks, ports,
-                   servers, scheduler, quotas, usage, tasks):
+                   servers, moves, scheduler, quotas, usage, tasks):
         app.include_router(module.router, prefix="/v1", responses=_ERRORS)
 
     def openapi() -> dict[str, Any]:

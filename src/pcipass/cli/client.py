@@ -11,9 +11,13 @@ plain values of :mod:`pcipass.records` for rendering and for the agent's decisio
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote
@@ -48,6 +52,7 @@ JSON = dict[str, Any]
 Params = Sequence[tuple[str, str]]
 
 DEFAULT_TIMEOUT_S = 10.0
+DISK_TIMEOUT_S = 3600.0   # a boot disk handed over between hosts: gigabytes, not a JSON call
 
 
 def _error_classes() -> dict[str, type[errors.PcipassError]]:
@@ -125,26 +130,68 @@ class ApiClient:
         return reply.json() if reply.content else None
 
     def _send(self, method: str, path: str, *, params: Params | None = None,
-              body: Any = None, timeout: float | None = None) -> httpx.Response:
-        """The successful reply as it came, or the error the server meant, raised."""
+              body: Any = None, timeout: float | None = None,
+              content: Any = None) -> httpx.Response:
+        """The successful reply as it came, or the error the server meant, raised.
+        ``content``: a raw body (bytes, or a file streamed as it is read) instead of JSON."""
         extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        if content is not None:
+            extra["content"] = content
+        else:
+            extra["json"] = body
         try:
-            reply = self._http.request(method, path, params=list(params or ()), json=body,
-                                       **extra)
+            reply = self._http.request(method, path, params=list(params or ()), **extra)
         except httpx.TransportError as exc:
-            raise errors.ServerUnreachable(
-                f"cannot reach {self.url}: {exc.__class__.__name__}: {exc}"
-            ) from exc
-        if reply.is_success:
-            return reply
+            raise self._unreachable(exc) from exc
+        if not reply.is_success:
+            raise self._failure(method, path, reply)
+        return reply
+
+    def _unreachable(self, exc: httpx.TransportError) -> errors.PcipassError:
+        return errors.ServerUnreachable(
+            f"cannot reach {self.url}: {exc.__class__.__name__}: {exc}")
+
+    @staticmethod
+    def _failure(method: str, path: str, reply: httpx.Response) -> errors.PcipassError:
+        """The error the server meant by a reply that failed (read whole)."""
         try:
             payload: Any = reply.json()
         except ValueError:
             payload = None
-        raise error_from_response(
+        return error_from_response(
             reply.status_code, payload,
             f"{method} {path} failed: HTTP {reply.status_code} {reply.reason_phrase}",
         )
+
+    # --- a cold move's disk (agents) -----------------------------------------------------
+
+    def put_move_disk(self, move_id: str, disk: Path) -> None:
+        """Hand the stopped server's disk over to the move's destination (the source host's
+        agent), streamed as it is read."""
+        with disk.open("rb") as f:
+            self._send("PUT", f"/v1/moves/{_seg(move_id)}/disk", content=f,
+                       timeout=DISK_TIMEOUT_S)
+
+    def get_move_disk(self, move_id: str, target: Path) -> None:
+        """Write the disk the move's source handed over to ``target``, whole or not at all
+        (the destination host's agent)."""
+        path = f"/v1/moves/{_seg(move_id)}/disk"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}-")
+        try:
+            with os.fdopen(fd, "wb") as out, \
+                    self._http.stream("GET", path, timeout=DISK_TIMEOUT_S) as reply:
+                if not reply.is_success:
+                    reply.read()
+                    raise self._failure("GET", path, reply)
+                for chunk in reply.iter_bytes():
+                    out.write(chunk)
+            os.replace(tmp, target)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
 
     def listing(self, path: str, key: str, params: Params = (), *, limit: int | None = None,
                 marker: str | None = None, all_pages: bool = True) -> Listing:

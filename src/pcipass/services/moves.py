@@ -21,16 +21,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from pcipass.config import Settings
-from pcipass.errors import Conflict, InvalidInput
+from pcipass.errors import Conflict, Forbidden, InvalidInput, NotFound
 from pcipass.pci.device import PciDevice
 from pcipass.pci.request import pci_numa_policy
-from pcipass.records import MoveKind, MoveRecord, Principal, ServerRecord
+from pcipass.records import MoveKind, MoveRecord, Principal, Role, ServerRecord
 from pcipass.sched.fit import Fit, NoFit
 from pcipass.sched.weigh import WeighPolicy
 from pcipass.services.access import admin, tenant
 from pcipass.services.baremetal import BAREMETAL_SERVER, is_baremetal, refuse_baremetal
 from pcipass.services.boot import Placer, boot_request, quota_trim
 from pcipass.services.catalog import Aliases
+from pcipass.services.move_disks import disk_access
 from pcipass.services.networks import nic_requests
 from pcipass.store import Store
 from pcipass.store.claims import Decide, NewServer
@@ -86,6 +87,18 @@ class MoveServices:
         on the source with its old flavor."""
         server = self.store.get_server(ref, project=tenant(p, "revert resizes"))
         return self.store.revert_move(server.id)
+
+    def move_disk(self, p: Principal, move_id: str, *, upload: bool) -> MoveRecord:
+        """The move whose boot disk ``p`` hands over (:func:`move_disks.disk_access`)."""
+        if p.role not in (Role.ADMIN, Role.AGENT):
+            raise Forbidden(f"a {p.role.value} token may not hand a move's disk over")
+        try:
+            number = int(move_id)
+        except ValueError:
+            raise NotFound(f"move {move_id!r} not found", field="move") from None
+        move = self.store.get_move(number)
+        disk_access(p, move, upload=upload)
+        return move
 
     def server_moves(self, p: Principal, ref: str) -> tuple[MoveRecord, ...]:
         server = self.store.get_server(ref, project=tenant(p, "read servers"))

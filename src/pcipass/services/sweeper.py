@@ -1,6 +1,6 @@
-"""The expiry sweep as a background thread of ``pcipass serve``: spawns that no host finished
-in time fail even while no agent polls (the sweep is idempotent, so several API processes
-may run it at once)."""
+"""The sweep as a background thread of ``pcipass serve``: spawns that no host finished in
+time fail even while no agent polls, and the disks of moves that are over are removed (the
+sweep is idempotent, so several API processes may run it at once)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import logging
 import threading
 
 from pcipass.errors import PcipassError
+from pcipass.services.move_disks import MoveDisks
 from pcipass.store import Store
 from pcipass.store.tasks import TaskStore
 
@@ -16,9 +17,11 @@ EVERY_S = 2.0
 
 
 class Sweeper:
-    def __init__(self, db_url: str, timeout: float, every: float = EVERY_S) -> None:
+    def __init__(self, db_url: str, timeout: float, every: float = EVERY_S,
+                 disks: MoveDisks | None = None) -> None:
         self._db_url = db_url
         self._timeout = timeout
+        self._disks = disks
         self._every = every
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pcipass-task-sweeper",
@@ -42,8 +45,14 @@ class Sweeper:
                     expired = TaskStore(store, self._timeout).expire()
                     if expired:
                         log.info("failed %d spawn task(s) that ran out of time", expired)
+                    if self._disks is not None:
+                        gone = self._disks.sweep(store.closed_move_ids)
+                        if gone:
+                            log.info("removed the handed-over disks of moves %s", gone)
                 except PcipassError as exc:
                     log.warning("task sweep failed: %s", exc.message)
+                except OSError as exc:     # the disks' directory; the next sweep tries again
+                    log.warning("disk sweep failed: %s", exc)
         finally:
             if store is not None:
                 store.close()

@@ -73,7 +73,7 @@ Payloads (parsed on the host by :mod:`pcipass.virt.payload`)::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -174,6 +174,13 @@ def list_moves(conn: Connection, server_id: str) -> tuple[MoveRecord, ...]:
     rows = conn.execute(select(moves).where(moves.c.server_id == server_id)
                         .order_by(moves.c.id)).all()
     return tuple(_records(conn, rows))
+
+
+def closed_move_ids(conn: Connection, ids: Collection[int]) -> set[int]:
+    """Which of ``ids`` are moves that are over (or were never: a stray id)."""
+    still = {int(i) for i in conn.execute(select(moves.c.id).where(
+        moves.c.id.in_(list(ids)), moves.c.status.in_(OPEN))).scalars()}
+    return set(ids) - still
 
 
 def open_move(conn: Connection, server_id: str, *, lock: bool = False) -> Any | None:
@@ -418,13 +425,15 @@ def claim_move(conn: Connection, server_id: str, target: MoveTarget, host_id: in
     if moved != 1:
         raise Conflict(f"server {server.name} changed while its move was being claimed; "
                        "try again", field="server", code="server_moving")
-    # The destination's spawn, ready for when the source has let go.
+    # The destination's spawn, ready for when the source has let go. On the same host the
+    # disk is the source's, kept for a revert; on another the source hands a copy over.
+    same_host = host_id == server.host_id
     dest["spawn"] = {**spawn_payload(
         _server_ref(server),
         {**target.flavor, "vcpus": target.vcpus, "ram_mb": target.ram_mb}, target.image,
-        got, _with_bindings(nics, dest)), "move": move_id,
-        # On the same host the disk is the source's, kept for a revert.
-        "keep_disk": host_id == server.host_id}
+        got, _with_bindings(nics, dest)), "move": move_id, "keep_disk": same_host}
+    if first_task == "migrate_out" and not same_host:
+        dest["spawn"]["disk_from_move"] = move_id
     conn.execute(update(moves).where(moves.c.id == move_id).values(dest=dest))
     recount_host(conn, host_id)
     names = _host_names(conn, [server.host_id, host_id])
@@ -432,8 +441,10 @@ def claim_move(conn: Connection, server_id: str, target: MoveTarget, host_id: in
     task_id = None
     if first_task is not None:
         row = conn.execute(select(moves).where(moves.c.id == move_id)).one()
-        task_id = queue_task(conn, server.host_id, server_id, first_task,
-                         side_payload(conn, server, row, dest=False, move_id=None), now)
+        payload = side_payload(conn, server, row, dest=False, move_id=None)
+        if first_task == "migrate_out" and not same_host:
+            payload["hand_off_disk"] = True     # uploaded once the domain is stopped
+        task_id = queue_task(conn, server.host_id, server_id, first_task, payload, now)
     record_event(conn, server_id, _action(target.kind.value), "started",
                  f"{what.removeprefix('be ')} from host {source_name} to host {dest_name}"
                  + (f" (flavor {server.flavor_name} to {target.flavor_name})"
@@ -928,6 +939,7 @@ __all__ = [
     "binding_of",
     "check_movable",
     "claim_move",
+    "closed_move_ids",
     "confirm",
     "delete_during",
     "deleted_part",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -537,6 +537,14 @@ class Store:
     def list_moves(self, server_id: str) -> tuple[MoveRecord, ...]:
         with self._tx.read() as conn:
             return _moves.list_moves(conn, server_id)
+
+    def get_move(self, move_id: int) -> MoveRecord:
+        with self._tx.read() as conn:
+            return _moves.get_move(conn, move_id)
+
+    def closed_move_ids(self, ids: Collection[int]) -> set[int]:
+        with self._tx.read() as conn:
+            return _moves.closed_move_ids(conn, ids)
 
     def record_move_refusal(self, server_id: str, action: str, message: str) -> None:
         """A move no host could take: only the server's event log changes."""

@@ -217,6 +217,7 @@ class SpawnPayload:
     devices: tuple[PayloadDevice, ...]
     cells: tuple[PayloadCell, ...] | None
     interfaces: tuple[PayloadInterface, ...] = ()
+    disk_from_move: int | None = None   # a cold move's: the source handed its disk over
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +226,8 @@ class DestroyPayload:
     ``destroy`` with a move) carry the same, and ``move``, the move's id. ``keep_domain``:
     the domain of that name is the other side's (a resize on the same host), only the
     functions and ports listed are given back; ``keep_disk``: the disk is shared with the
-    other side. ``domain_xml``: what a ``restart`` defines if the host lost the domain."""
+    other side. ``domain_xml``: what a ``restart`` defines if the host lost the domain.
+    ``hand_off_disk``: a ``migrate_out`` to another host uploads the stopped disk."""
 
     server: ServerRef
     devices: tuple[PayloadDevice, ...]
@@ -234,6 +236,7 @@ class DestroyPayload:
     keep_domain: bool = False
     keep_disk: bool = False
     domain_xml: str | None = None
+    hand_off_disk: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,6 +424,8 @@ def parse_spawn(obj: Any) -> SpawnPayload:
         server=server, vcpus=vcpus, ram_mb=ram_mb, disk_gb=disk_gb, image_name=name,
         image_source=source, disk_format=fmt, devices=_devices(p, unit=True),
         cells=_cells(p.get("numa"), vcpus), interfaces=interfaces(p),
+        disk_from_move=None if p.get("disk_from_move") is None else _int(
+            p["disk_from_move"], "disk_from_move", low=1),
     )
 
 
@@ -433,7 +438,8 @@ def parse_destroy(obj: Any) -> DestroyPayload:
         move=None if move is None else _int(move, "move", low=1),
         keep_domain=_bool(p, "keep_domain", "payload", False),
         keep_disk=_bool(p, "keep_disk", "payload", False),
-        domain_xml=None if xml is None else _str(xml, "domain_xml"))
+        domain_xml=None if xml is None else _str(xml, "domain_xml"),
+        hand_off_disk=_bool(p, "hand_off_disk", "payload", False))
 
 
 CHANGE_ACTIONS = ("attach_device", "attach_interface", "detach_device", "detach_interface")

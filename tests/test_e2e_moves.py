@@ -383,3 +383,32 @@ def test_a_move_on_one_host_keeps_its_disk_and_hands_nothing_over(world: World) 
     world.run_tasks()
     assert disk.read_bytes().endswith(b"kept in place")
     world.delete(s)
+
+
+def test_a_disk_that_cannot_be_handed_over_keeps_the_server_on_its_source(
+        world: World) -> None:
+    s = world.boot("vm-disk-lost", "a100x1")
+    source = s["host"]
+    dest = next(h for h in GPUS if h != source)
+    disk = overlay_path(world.state / source, s["id"])
+    disk.write_bytes(b"precious")
+    # The copy vanishes between the source's upload and the destination's spawn.
+    world.admin.migrate_server("vm-disk-lost", host=dest)
+    world.run_tasks(skip=(dest,))
+    (move,) = world.admin.server_moves(s["id"])
+    (world.server_state / MOVE_DISKS_DIR / f"{move['id']}.qcow2").unlink()
+    world.run_tasks()
+    back = world.member.server("vm-disk-lost")
+    assert (back["status"], back["host"]) == ("ACTIVE", source)
+    assert "has not handed its disk over" in back["fault"]["message"]
+    assert not overlay_path(world.state / dest, s["id"]).exists()   # no blank disk left
+    assert disk.read_bytes() == b"precious"
+    # A source without the disk refuses to move the server at all.
+    disk.unlink()
+    world.admin.migrate_server("vm-disk-lost", host=dest)
+    world.run_tasks()
+    back = world.member.server("vm-disk-lost")
+    assert (back["status"], back["host"]) == ("ACTIVE", source)
+    assert f"no disk for server {s['id']}" in back["fault"]["message"]
+    assert [m["status"] for m in world.admin.server_moves(s["id"])] == ["failed", "failed"]
+    world.delete(s)

@@ -715,7 +715,9 @@ class TaskRunner:
                 if step is Step.CREATE_DISK and spec.disk is not None:
                     overlay = Path(spec.disk.overlay)
                     if p.disk_from_move is not None and not overlay.exists():
-                        self._take_disk(p.disk_from_move, overlay)
+                        # What the source handed over; none (404) fails the spawn, and the
+                        # server goes back to its source with its disk, never a blank one.
+                        self.client.get_move_disk(str(p.disk_from_move), overlay)
                     self.overlays.create(spec.disk, size_gb=p.disk_gb)
                 elif step is Step.DETACH:
                     for a in spec.unmanaged_addresses:
@@ -741,15 +743,6 @@ class TaskRunner:
             problems += released
             extra = f" (cleanup: {'; '.join(problems)})" if problems else ""
             return journal, Result(False, _message(exc) + extra)
-
-    def _take_disk(self, move_id: int, overlay: Path) -> None:
-        """A cold move's destination: the disk its source handed over becomes this host's
-        overlay. None handed over (the source had no disk left): a fresh one is made."""
-        try:
-            self.client.get_move_disk(str(move_id), overlay)
-        except errors.NotFound:
-            log.warning("move %s handed no disk over: server gets a fresh disk at %s",
-                        move_id, overlay)
 
     def _program_vfs(self, journal: Journal, interfaces: Sequence[PayloadInterface]
                      ) -> Journal:
@@ -927,7 +920,10 @@ class TaskRunner:
         if problems:
             return journal, Result(False, "; ".join(problems))
         disk = overlay_path(self.state_dir, p.server.id)
-        if p.hand_off_disk and p.move is not None and disk.exists():
+        if p.hand_off_disk and p.move is not None:
+            if not disk.exists():     # never move a server onto a blank disk
+                return journal, Result(False, f"host {self.host} has no disk for server "
+                                              f"{p.server.id} at {disk} to hand over")
             try:
                 self.client.put_move_disk(str(p.move), disk)
             except errors.PcipassError as exc:

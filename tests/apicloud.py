@@ -145,7 +145,7 @@ def confirm_destroys(http: httpx.Client, host: str) -> None:
     for task in reply.json()["tasks"]:
         if task["kind"] == "destroy":
             done = http.post(f"/v1/tasks/{task['id']}/result", json={"ok": True})
-            assert done.json() == {"accepted": True}, done.text
+            assert done.json() == {"accepted": True, "state": "done"}, done.text
 
 
 def confirm_all_destroys(http: httpx.Client) -> None:

@@ -68,7 +68,7 @@ def test_an_agent_sees_and_runs_only_its_own_hosts_tasks(tapi: ApiServer) -> Non
         assert_error(admin.get(f"/v1/servers/{server['id']}/domain-xml"), 404, "not_found")
         done = mine.post(f"/v1/tasks/{task['id']}/result",
                          json={"ok": True, "domain_xml": XML})
-        assert done.json() == {"accepted": True}
+        assert done.json() == {"accepted": True, "state": "done"}
         assert admin.get(f"/v1/servers/{server['id']}").json()["status"] == "ACTIVE"
         xml = admin.get(f"/v1/servers/{server['id']}/domain-xml")
         assert (xml.status_code, xml.headers["content-type"].split(";")[0], xml.text) == (
@@ -76,7 +76,7 @@ def test_an_agent_sees_and_runs_only_its_own_hosts_tasks(tapi: ApiServer) -> Non
         assert_error(mine.post(f"/v1/tasks/{task['id']}/start"), 409, "task_not_runnable")
         late = mine.post(f"/v1/tasks/{task['id']}/result", json={"ok": False,
                                                                  "message": "x"})
-        assert late.json() == {"accepted": False}
+        assert late.json() == {"accepted": False, "state": "done"}   # the first report stands
         # Delete: DELETING until the host confirms the destroy.
         gone = admin.delete(f"/v1/servers/{server['id']}")
         assert (gone.status_code, gone.json()["status"]) == (202, "DELETING")
@@ -84,7 +84,7 @@ def test_an_agent_sees_and_runs_only_its_own_hosts_tasks(tapi: ApiServer) -> Non
         assert destroy["kind"] == "destroy" and destroy["deadline"] is None
         mine.post(f"/v1/tasks/{destroy['id']}/start")
         assert mine.post(f"/v1/tasks/{destroy['id']}/result",
-                         json={"ok": True}).json() == {"accepted": True}
+                         json={"ok": True}).json() == {"accepted": True, "state": "done"}
         assert admin.get(f"/v1/servers/{server['id']}").json()["status"] == "DELETED"
         dev = admin.get(f"/v1/devices/{host}/0000:3b:00.0").json()
         assert (dev["state"], dev["owner"]) == ("available", None)
@@ -127,6 +127,8 @@ def test_a_spawn_no_agent_runs_fails_after_the_timeout(tapi: ApiServer) -> None:
         put_host(admin, "tt-1", api_inventory([gpu("0000:3b:00.0")]))
         server = boot(admin, "t-late", "tg1", "timg")
         assert server["status"] == "BUILDING"
+        (task,) = [t for t in admin.get(f"/v1/hosts/{server['host']}/tasks").json()["tasks"]
+                   if t["server_id"] == server["id"]]
         deadline = time.monotonic() + TIMEOUT_S + 10
         while time.monotonic() < deadline:
             got = admin.get(f"/v1/servers/{server['id']}").json()
@@ -138,6 +140,9 @@ def test_a_spawn_no_agent_runs_fails_after_the_timeout(tapi: ApiServer) -> None:
         host = server["host"]
         dev = admin.get("/v1/devices", params={"host": host}).json()["devices"]
         assert all(d["owner"] is None for d in dev)
+        # The agent that ran it after all is told so: it must undo the spawn.
+        late = admin.post(f"/v1/tasks/{task['id']}/result", json={"ok": True})
+        assert late.json() == {"accepted": False, "state": "expired"}
         assert admin.get(f"/v1/hosts/{host}/tasks").json()["tasks"] == []
         # Deleting the failed boot does not wait for a host.
         assert admin.delete(f"/v1/servers/{server['id']}").json()["status"] == "DELETED"

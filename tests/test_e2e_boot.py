@@ -27,6 +27,7 @@ import pytest
 
 from apiserver import ApiServer, api_server
 from pcipass import errors
+from pcipass.agent.tasks import AfterReport, Kind, Result, after_report
 from pcipass.cli.client import JSON, ApiClient, fault_message, server_record
 from pcipass.host.profiles import build_host, suggested_aliases, suggested_device_spec
 from pcipass.records import DeviceState, ServerRecord, ServerStatus
@@ -355,7 +356,7 @@ def test_agent_killed_mid_task_completes_it_exactly_once(cloud: World,
     after = wait_for("the journal to record the reply", lambda: next(
         (j for j in gpu1.journals() if j["id"] == journal["id"] and j["phase"] == "reported"),
         None), logs=gpu1.logs)
-    assert after["attempts"] == 2 and after["reply"] == {"accepted": True}
+    assert after["attempts"] == 2 and after["reply"] == {"accepted": True, "state": "done"}
     assert after["result"]["ok"] is True
     assert "resuming task" in gpu1.logs()
     settle(admin, admin.delete_server(sid), gpu1, until=(ServerStatus.DELETED,))
@@ -407,7 +408,8 @@ def test_task_timeout_fails_the_boot_and_a_late_result_is_refused(tmp_path: Path
                 agent_api.start_task(task["id"])
             assert refused.value.code == "task_not_runnable"
             late = agent_api.report_task(task["id"], True, None, "<domain/>")
-            assert late["accepted"] is False
+            assert late == {"accepted": False, "state": "expired"}
+            assert after_report(Kind.SPAWN, Result(True), late) is AfterReport.ROLL_BACK
         assert server_record(w.admin.server(s.id)).status is ServerStatus.ERROR
         assert_fleet_consistent(w.admin)
 

@@ -56,6 +56,11 @@ class Tasks:
         self.queue.expire()
         return self.queue.result(task_id, Outcome(ok, message, domain_xml), host=scope)
 
+    def state(self, p: Principal, task_id: str) -> str:
+        """Where the task stands: what a host's agent learns when its result was refused
+        (``expired`` or ``failed``: undo what it did; ``done``: its first report was taken)."""
+        return self.queue.state(task_id, host=host_scope(p))
+
     def expire(self) -> int:
         return self.queue.expire()
 

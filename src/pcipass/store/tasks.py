@@ -152,6 +152,19 @@ class Outcome:
     domain_xml: str | None = None
 
 
+def task_state(tx: Transactions, task_id: str, host: str | None) -> str:
+    """Where the task stands (``host``: it must be that host's)."""
+    tid = _task_id(task_id)
+    with tx.read() as conn:
+        row = conn.execute(select(tasks.c.state, hosts.c.name).join(
+            hosts, hosts.c.id == tasks.c.host_id).where(tasks.c.id == tid)).first()
+    if row is None:
+        raise NotFound(f"task {tid} not found", field="task")
+    if host is not None and row.name != host:
+        raise Forbidden(f"task {tid} is for host {row.name!r}, not {host!r}", field="task")
+    return str(row.state)
+
+
 def result(tx: Transactions, task_id: str, host: str | None, outcome: Outcome,
            kind_ids: KindIds, facts: FactsCache, now: datetime) -> bool:
     """Apply what the host reports; False (nothing changed) when the task was no longer
@@ -389,6 +402,9 @@ class TaskStore:
     def result(self, task_id: str, outcome: Outcome, *, host: str | None) -> bool:
         return result(self._tx, task_id, host, outcome, self._kind_ids, self._facts,
                       self.now())
+
+    def state(self, task_id: str, *, host: str | None) -> str:
+        return task_state(self._tx, task_id, host)
 
     def expire(self, *, host: str | None = None) -> int:
         return expire(self._tx, self.now(), self.timeout, self._kind_ids, self._facts,

@@ -48,6 +48,9 @@ class TaskResult(BaseModel):
 class ResultOut(BaseModel):
     accepted: bool = Field(description="False: the task had already finished or expired; "
                                        "nothing changed")
+    state: str = Field(description="The task's state now: done or failed as reported, or, "
+                                   "when refused, what it had become (a spawn refused as "
+                                   "expired or failed must be undone by the host)")
 
 
 def task_view(t: TaskRecord) -> dict[str, Any]:
@@ -84,7 +87,8 @@ def task_result(task_id: str, body: TaskResult, caller: Caller, cloud: CloudDep)
     """What the host did; a result for a task no longer open is ignored."""
     accepted = cloud.tasks.result(caller, task_id, ok=body.ok, message=body.message,
                                   domain_xml=body.domain_xml)
-    return {"accepted": accepted}
+    # A task that is no longer open never changes again: reading its state now is exact.
+    return {"accepted": accepted, "state": cloud.tasks.state(caller, task_id)}
 
 
 @router.get("/servers/{ref}/domain-xml", response_class=Response,

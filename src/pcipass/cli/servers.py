@@ -216,7 +216,8 @@ def server_delete(
                                         "the host confirms.")] = False,
     url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_json: JsonOpt = False,
 ) -> None:
-    """Delete a server: DELETING until its host destroys it, then its devices are freed."""
+    """Delete a server: DELETING until its host destroys it, then its devices are freed.
+    Mid-move, each of the move's two hosts destroys its part and frees its devices."""
     _server_call(url, token, as_json, lambda client: client.delete_server(server, force=force))
 
 

@@ -110,12 +110,95 @@ def test_demo_once_boots_refuses_explains_and_frees(demo_once: str) -> None:
     assert "unexpected" not in out and "differed from the scenario" not in out
 
 
+def test_demo_once_changes_running_servers(demo_once: str) -> None:
+    out = demo_once
+    flat = " ".join(out.split())
+    # hot attach from the server's own host: claimed, then allocated once the agent plugs it
+    plugged = re.search(r'POST /v1/servers/train-1/devices \{"alias": "a100"\}: server '
+                        r"train-1 is ACTIVE on gpu-server-1: .*?(\S+) \(a100, claimed\)", flat)
+    assert plugged, flat
+    address = plugged[1]
+    assert re.search(r"host gpu-server-1's agent plugged it: server train-1 is ACTIVE on "
+                     rf"gpu-server-1: .*{re.escape(address)} \(a100, allocated\)", flat)
+    assert "(a100, claimed)" not in flat[flat.index("agent plugged it"):]
+    assert "another a100 refused [quota_exceeded]" in flat
+    # detach: the device is free once the agent confirmed the unplug
+    assert f"DELETE /v1/servers/train-1/devices/{address}, once its host's agent " \
+           f"confirmed the unplug: - gpu-server-1 {address}: available" in flat
+    events = section(out, "Events of train-1 since the attach")
+    assert re.search(r"│ attach_device +│ done +│ gpu-server-1", events)
+    assert re.search(r"│ detach_device +│ done +│ gpu-server-1", events)
+
+
+def test_demo_once_moves_servers_and_drains_a_host(demo_once: str) -> None:
+    out = demo_once
+    flat = " ".join(out.split())
+    moving = flat[flat.index("Move servers and drain a host"):]
+    # cold migration: the destination host joins, the disk goes along, VERIFY_RESIZE, confirm
+    assert "gpu-server-2 joins the fleet" in moving
+    verify = moving.index("train-1 is VERIFY_RESIZE on gpu-server-2, holding both sides")
+    marker = moving.index("the marker is in its boot disk on gpu-server-2 (the simulated "
+                          "host's overlay file state/gpu-server-2/disks/")
+    confirmed = moving.index("POST /v1/servers/train-1/resize/confirm: server train-1 is "
+                             "ACTIVE on gpu-server-2")
+    assert moving.index("wrote 'written by the guest before its move' into train-1's boot "
+                        "disk on gpu-server-1") < verify < marker < confirmed
+    assert re.search(r"on gpu-server-1, once its agent destroyed what it kept: "
+                     r"- gpu-server-1 \S+: available - gpu-server-1 \S+: available", moving)
+    moves = section(out, "Moves of train-1 (GET /v1/servers/train-1/moves)")
+    assert re.search(r"│ \d+ +│ migrate +│ done +│ gpu-server-1 +│ gpu-server-2 +│", moves)
+    cold_events = section(out, "Events of train-1 since the migrate")
+    for action in ("migrate_out", "spawn", "confirm"):
+        assert re.search(rf"│ {action} +│ done +│", cold_events), action
+    # the drain listing of the reserved SR-IOV host: what could move live, what cannot
+    assert "sriov-nic-server-2 joins the fleet" in moving
+    assert "Host sriov-nic-server-1: reserved=yes (NIC firmware update); 3 servers still " \
+           "there" in moving
+    drain = section(out, "Servers on the host")
+    assert re.search(r"│ web-2 .*│ yes +│", drain)
+    assert re.search(r"│ gw-1 .*│ no +│", drain) and re.search(r"│ edge-1 .*│ no +│", drain)
+    assert "port gw-1-nic0 is" in drain and "(alias 'vf-physnet1')" in drain  # the blockers
+    # live migration: new bindings on the other host, the warning about the direct NIC
+    assert "POST /v1/servers/web-2/live-migrate (any host that fits): MIGRATING" in moving
+    assert "server web-2 is ACTIVE on sriov-nic-server-2" in moving
+    ports = section(out, "web-2's ports after the move")
+    direct = re.search(r"│ web-2-nic0 +│ tenant-net \(physnet1\) +│ direct +│ (\S+) +│ ACTIVE +│ "
+                       r"sriov-nic-server-2 +│", ports)
+    assert direct, ports
+    assert re.search(r"│ st-port +│ storage-net \(physnet2\) +│ macvtap +│ \S+ +│ ACTIVE +│ "
+                     r"sriov-nic-server-2 +│", ports)
+    assert f"switch (sriov-nic-server-2): bind PF ens1f0 VLAN 100 MAC {direct[1]}" in moving
+    assert f"switch (sriov-nic-server-1): unbind PF ens1f0 VLAN 100 MAC {direct[1]}" in moving
+    assert re.search(r"event live_migrate started on sriov-nic-server-1: moving from host "
+                     r"sriov-nic-server-1 to host sriov-nic-server-2; the guest loses "
+                     rf"{re.escape(direct[1])} \(port \S+\) until the move finishes", moving)
+    assert "POST /v1/hosts/sriov-nic-server-1/unreserve: reserved=no; servers still there: " \
+           "edge-1, gw-1" in moving
+    # a delete in VERIFY_RESIZE: both hosts let go, the move fails saying why
+    again = moving.index("POST /v1/servers/train-1/migrate (any other host): VERIFY_RESIZE "
+                         "on gpu-server-1, holding gpu-server-2 ")
+    deleted = re.compile(r"DELETE /v1/servers/train-1 in VERIFY_RESIZE: DELETING, then DELETED "
+                         r"once both hosts \(gpu-server-2, gpu-server-1\) let go: "
+                         r"((?:- gpu-server-[12] \S+: available )+)Moves of train-1")
+    freed = deleted.search(moving, again)
+    assert freed, moving[again:]
+    assert freed[1].count("- gpu-server-2 ") == 2 and freed[1].count("- gpu-server-1 ") == 2
+    last_moves = section(out, "Moves of train-1", after="DELETE /v1/servers/train-1 in")
+    assert re.search(r"│ \d+ +│ migrate +│ failed +│ gpu-server-2 +│ gpu-server-1 +│ gpu.large +│ "
+                     r"the server was deleted during the move", last_moves)
+    assert "unexpected" not in out and "differed from the scenario" not in out
+
+
 def test_demo_builds_several_hosts_per_profile() -> None:
     out = run_demo("--hosts-per-profile", "2")
     hosts = section(out, "Hosts (GET /v1/hosts)")
     for profile in PROFILES:
         assert f"{profile}-1" in hosts and f"{profile}-2" in hosts
     assert "8 agents reported" in out
+    # the moves find their second hosts in the fleet: none has to join
+    assert "joins the fleet" not in out
+    assert "the marker is in its boot disk on" in out
+    assert "unexpected" not in out and "differed from the scenario" not in out
 
 
 def test_demo_keeps_serving_until_interrupted() -> None:

@@ -12,6 +12,9 @@ are refused (over quota, an image that cannot drive the device, a private flavor
 placed and says why. Each host's agent also runs its task loop with the fake virt driver
 (domains, boot disks and task journals in the host's own state dir), so booted servers go
 from BUILDING to ACTIVE, and a deleted one to DELETED, through the real agent code.
+Then running servers change: a device is hot-plugged and out again, a server is
+cold-migrated with its disk, another live-migrated off a host being drained, and one deleted
+in the middle of a move; a second GPU and SR-IOV host join the fleet to take them.
 """
 
 from __future__ import annotations
@@ -28,10 +31,11 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from rich.console import Console
 from rich.markup import escape
@@ -44,12 +48,19 @@ from pcipass.agent.ports import SriovKind, make_programmer
 from pcipass.agent.state import state_path
 from pcipass.agent.tasks import TaskRunner
 from pcipass.cli import render
-from pcipass.cli.agent import disk_overlays, host_cpus, virt_type
+from pcipass.cli.agent import (
+    disk_overlays,
+    host_cpus,
+    migration_uri,
+    virt_type,
+    with_migration_uri,
+)
 from pcipass.cli.client import (
     JSON,
     ApiClient,
     alias_record,
     device_record,
+    event_record,
     flavor_record,
     host_record,
     image_record,
@@ -62,7 +73,7 @@ from pcipass.cli.client import (
 )
 from pcipass.cli.common import console as make_console
 from pcipass.cli.discover import discover_inventory
-from pcipass.cli.servers import placement_line
+from pcipass.cli.servers import placement_line, settled
 from pcipass.cli.specs import SpecText, load_specs
 from pcipass.host.pciids import PciIds
 from pcipass.host.profiles import PROFILES, build_host, suggested_aliases, suggested_device_spec
@@ -70,8 +81,10 @@ from pcipass.host.sriov import RecordingVfProgrammer, VfSlot
 from pcipass.net.switch import LogSwitchDriver
 from pcipass.pci.device import DevType
 from pcipass.pci.devspec import DeviceSpecSet
-from pcipass.records import DeviceRecord, PoolRecord, PortRecord
+from pcipass.records import DeviceRecord, DeviceState, MoveStatus, PoolRecord, PortRecord
+from pcipass.store.moves import DELETED_MID_MOVE
 from pcipass.virt.driver import DriverKind, open_driver
+from pcipass.virt.payload import overlay_path
 
 SERVER_START_TIMEOUT_S = 60.0
 BRIDGE_CLASS = "0604"
@@ -79,6 +92,7 @@ LIVE_INTERVAL_S = 30.0  # agents' report interval while the demo keeps serving
 TASK_WAIT_S = 2.0  # task loops' long poll: short, so stopping the demo is quick
 SETTLE_TIMEOUT_S = 20.0  # how long the demo waits for agents to start or destroy servers
 SETTLE_POLL_S = 0.1
+T = TypeVar("T")
 
 
 @dataclass
@@ -193,23 +207,35 @@ def _tail(path: Path | None, lines: int = 30) -> str:
 
 # --- steps ---------------------------------------------------------------------------------
 
+def _profile_specs(profile: str) -> tuple[list[dict[str, str]], DeviceSpecSet]:
+    """The device spec an operator would write for ``profile``'s hosts, and its parse."""
+    entries = suggested_device_spec(profile)
+    texts = [SpecText(f"{profile} device_spec[{i}]", json.dumps(e))
+             for i, e in enumerate(entries)]
+    return entries, load_specs(texts)
+
+
+def _build_host(run: DemoRun, profile: str, index: int) -> tuple[SimHost, int]:
+    """Host number ``index`` of ``profile``: its sysfs tree, and how many PCI functions."""
+    entries, specs = _profile_specs(profile)
+    name = f"{profile}-{index + 1}"
+    root = run.workdir / "hosts" / name
+    tree = build_host(root, profile, index=index)
+    host = SimHost(name, profile, root, specs, entries)
+    run.hosts.append(host)
+    return host, len(tree.addresses)
+
+
 def build_hosts(run: DemoRun) -> None:
     """A sysfs tree per simulated host, and the device spec its operator would write."""
     table = Table(title="Simulated hosts", title_justify="left")
     for name in ("host", "profile", "PCI functions", "device_spec"):
         table.add_column(name, overflow="fold")
     for profile in PROFILES.values():
-        entries = suggested_device_spec(profile.name)
-        texts = [SpecText(f"{profile.name} device_spec[{i}]", json.dumps(e))
-                 for i, e in enumerate(entries)]
-        specs = load_specs(texts)
         for index in range(run.hosts_per_profile):
-            name = f"{profile.name}-{index + 1}"
-            root = run.workdir / "hosts" / name
-            tree = build_host(root, profile.name, index=index)
-            run.hosts.append(SimHost(name, profile.name, root, specs, entries))
-            table.add_row(name, f"{profile.name}: {profile.description}",
-                          str(len(tree.addresses)), "\n".join(json.dumps(e) for e in entries))
+            host, functions = _build_host(run, profile.name, index)
+            table.add_row(host.name, f"{profile.name}: {profile.description}", str(functions),
+                          "\n".join(json.dumps(e) for e in host.spec_entries))
     run.console.print(table)
 
 
@@ -221,12 +247,21 @@ def issue_agent_tokens(run: DemoRun) -> None:
     run.console.print(f"issued {len(run.hosts)} agent tokens")
 
 
+def _state_dir(run: DemoRun, host: SimHost) -> Path:
+    """The host's agent state: the fake driver's domains, boot disks and task journals."""
+    return run.workdir / "state" / host.name
+
+
 def _make_agent(run: DemoRun, host: SimHost) -> Agent:
+    """The host's reporting agent; it reports the fake driver's migration URI, as ``pcipass
+    agent --driver fake`` does, so that other hosts can live-migrate guests to it."""
     client = ApiClient(run.url, host.token)
+    uri = migration_uri(DriverKind.FAKE, _state_dir(run, host), host.name)
     return Agent(
         client=client, host=host.name,
-        discover=lambda: discover_inventory(host.root, host.specs, pci_ids=run.pci_ids,
-                                            hostname=host.name),
+        discover=lambda: with_migration_uri(
+            discover_inventory(host.root, host.specs, pci_ids=run.pci_ids, hostname=host.name),
+            uri),
         state_file=state_path(run.workdir / "agents", host.name),
         interval=LIVE_INTERVAL_S, poll=2.0, stop=run.stop,
     )
@@ -235,7 +270,7 @@ def _make_agent(run: DemoRun, host: SimHost) -> Agent:
 def _make_tasks(run: DemoRun, host: SimHost, agent: Agent) -> TaskRunner:
     """The host's task loop, as ``pcipass agent --driver fake`` builds it, in its own state
     dir (the fake driver's domains, boot disks and task journals live there)."""
-    state_dir = run.workdir / "state" / host.name
+    state_dir = _state_dir(run, host)
     programmer = make_programmer(SriovKind.FAKE, agent.discover)
     assert isinstance(programmer, RecordingVfProgrammer)
     host.vfs = programmer
@@ -249,14 +284,18 @@ def _make_tasks(run: DemoRun, host: SimHost, agent: Agent) -> TaskRunner:
     )
 
 
+def _start_task_loop(run: DemoRun, host: SimHost) -> None:
+    assert host.agent is not None
+    host.tasks = _make_tasks(run, host, host.agent)
+    host.task_thread = threading.Thread(target=host.tasks.run, name=f"tasks-{host.name}",
+                                        daemon=True)
+    host.task_thread.start()
+
+
 def start_task_loops(run: DemoRun) -> None:
     """Each host's task loop in a thread, for the rest of the demo."""
     for host in run.hosts:
-        assert host.agent is not None
-        host.tasks = _make_tasks(run, host, host.agent)
-        host.task_thread = threading.Thread(target=host.tasks.run, name=f"tasks-{host.name}",
-                                            daemon=True)
-        host.task_thread.start()
+        _start_task_loop(run, host)
 
 
 def stop_task_loops(run: DemoRun, grace: float = TASK_WAIT_S + 3.0) -> None:
@@ -292,6 +331,30 @@ def run_agents(run: DemoRun) -> None:
     start_task_loops(run)
     run.console.print(f"{len(run.hosts)} task loops polling for spawn and destroy tasks "
                       f"(fake virt driver, state under {run.workdir / 'state'})")
+
+
+def join_host(run: DemoRun, profile: str) -> SimHost:
+    """Another host of ``profile`` joins the running fleet, as a new machine would: its
+    sysfs tree, an agent token, a first report, its task loop."""
+    index = sum(h.profile == profile for h in run.hosts)
+    host, functions = _build_host(run, profile, index)
+    with run.admin() as admin:
+        host.token = str(admin.create_token("agent", host=host.name)["token"])
+    host.agent = _make_agent(run, host)
+    if not host.agent.run_once():
+        raise errors.InfrastructureError(f"the agent of {host.name} could not report "
+                                         "(see the messages above)")
+    _start_task_loop(run, host)
+    run.console.print(f"[bold]{host.name}[/] joins the fleet: {functions} PCI functions, its "
+                      "agent reported (with its migration URI), its task loop polls",
+                      highlight=False)
+    return host
+
+
+def _other_host(run: DemoRun, profile: str, than: str) -> SimHost:
+    """A host of ``profile`` other than ``than``; one joins the fleet when there is none."""
+    found = next((h for h in run.hosts if h.profile == profile and h.name != than), None)
+    return found if found is not None else join_host(run, profile)
 
 
 def show_fleet(run: DemoRun) -> None:
@@ -583,18 +646,34 @@ def explain_boots(run: DemoRun) -> None:
             run.console.print(render.explain_view(admin.explain(flavor=flavor, image=image)))
 
 
+def _poll(fetch: Callable[[], T], done: Callable[[T], bool],
+          timeout: float = SETTLE_TIMEOUT_S) -> T:
+    """Fetch until ``done`` holds of it, or ``timeout`` passes: the last value fetched
+    (the agents run their tasks in their own threads, so the demo waits, bounded)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fetch()
+        if done(value) or time.monotonic() >= deadline:
+            return value
+        time.sleep(SETTLE_POLL_S)
+
+
+def _wait_server(admin: ApiClient, server_id: str, done: Callable[[JSON], bool],
+                 timeout: float = SETTLE_TIMEOUT_S) -> JSON | None:
+    """Poll a server until ``done(server)`` (bounded); its last state, None once gone."""
+    def fetch() -> JSON | None:
+        try:
+            return admin.server(server_id)
+        except errors.NotFound:
+            return None
+
+    return _poll(fetch, lambda obj: obj is None or done(obj), timeout)
+
+
 def _wait_status(admin: ApiClient, server_id: str, done: Callable[[str], bool],
                  timeout: float = SETTLE_TIMEOUT_S) -> JSON | None:
     """Poll a server until ``done(status)`` (bounded); its last state, None once gone."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            obj = admin.server(server_id)
-        except errors.NotFound:
-            return None
-        if done(str(obj.get("status"))) or time.monotonic() >= deadline:
-            return obj
-        time.sleep(SETTLE_POLL_S)
+    return _wait_server(admin, server_id, lambda obj: done(str(obj.get("status"))), timeout)
 
 
 def start_servers(run: DemoRun, names: Sequence[str] | None = None) -> None:
@@ -760,21 +839,7 @@ def sriov_networks(run: DemoRun) -> None:
         else:
             run.surprise("a tenant created a trusted port")
     for case in NIC_BOOTS:
-        c.print(f"[bold]{case.name}[/] ({NIC_FLAVOR}, "
-                + escape(", ".join(_nic_text(n) for n in case.nics)) + f"): {case.why}",
-                highlight=False)
-        client = run.admin() if case.as_admin else run.member()
-        with client:
-            obj = client.create_server(name=case.name, flavor=NIC_FLAVOR, image=PLAIN_IMAGE,
-                                       project=OPS_PROJECT if case.as_admin else None,
-                                       nics=case.nics)
-        outcome = NOT_PLACED if obj.get("status") == NOT_PLACED else PLACED
-        colour = "red" if outcome == NOT_PLACED else "green"
-        c.print(f"  [{colour}]{escape(placement_line(obj))}[/]", highlight=False)
-        if outcome != case.expect:
-            run.surprise(f"{case.name}: expected {case.expect}, got {outcome}")
-        if outcome == PLACED:
-            run.servers[case.name] = obj
+        boot_nics(run, case)
     start_servers(run, [case.name for case in NIC_BOOTS])
     with run.admin() as admin:
         ports = [port_record(p) for p in admin.ports().items]
@@ -787,6 +852,27 @@ def sriov_networks(run: DemoRun) -> None:
                 c.print(f"  {escape(line)}", highlight=False)
 
 
+def boot_nics(run: DemoRun, case: NicBoot) -> str:
+    """Boot one server with NICs; print and return its outcome (PLACED or NOT_PLACED)."""
+    c = run.console
+    c.print(f"[bold]{case.name}[/] ({NIC_FLAVOR}, "
+            + escape(", ".join(_nic_text(n) for n in case.nics)) + f"): {case.why}",
+            highlight=False)
+    client = run.admin() if case.as_admin else run.member()
+    with client:
+        obj = client.create_server(name=case.name, flavor=NIC_FLAVOR, image=PLAIN_IMAGE,
+                                   project=OPS_PROJECT if case.as_admin else None,
+                                   nics=case.nics)
+    outcome = NOT_PLACED if obj.get("status") == NOT_PLACED else PLACED
+    colour = "red" if outcome == NOT_PLACED else "green"
+    c.print(f"  [{colour}]{escape(placement_line(obj))}[/]", highlight=False)
+    if outcome != case.expect:
+        run.surprise(f"{case.name}: expected {case.expect}, got {outcome}")
+    if outcome == PLACED:
+        run.servers[case.name] = obj
+    return outcome
+
+
 def _nic_text(nic: dict[str, str]) -> str:
     return ",".join(f"{k.replace('_', '-')}={v}" for k, v in nic.items())
 
@@ -795,8 +881,10 @@ def _host(run: DemoRun, name: str) -> SimHost | None:
     return next((h for h in run.hosts if h.name == name), None)
 
 
-def show_vfs(run: DemoRun, ports: Sequence[PortRecord]) -> None:
-    """What each bound VF's PF now enforces (the fake programmer's table), and the switch."""
+def show_vfs(run: DemoRun, ports: Sequence[PortRecord],
+             switch_from: Mapping[str, int] | None = None) -> None:
+    """What each bound VF's PF now enforces (the fake programmer's table), and the switch
+    (each host's calls from its ``switch_from`` index on, to show only a step's)."""
     c = run.console
     for p in ports:
         b = p.binding
@@ -816,7 +904,7 @@ def show_vfs(run: DemoRun, ports: Sequence[PortRecord]) -> None:
         if vf.mac != p.mac or (vf.vlan or None) != p.segmentation_id:
             run.surprise(f"VF {b.vf_index} on {b.pf_netdev} was not programmed for {p.mac}")
     for host in run.hosts:
-        for call in host.switch.calls:
+        for call in host.switch.calls[(switch_from or {}).get(host.name, 0):]:
             c.print(escape(f"  switch ({host.name}): {call.op} PF {call.pf} VLAN "
                            f"{call.vlan or 'untagged'} MAC {call.mac}"), highlight=False)
 
@@ -874,6 +962,282 @@ def delete_nic_server(run: DemoRun) -> None:
                              f"{'kept' if after is not None else 'deleted'}")
 
 
+# --- changing and moving running servers ------------------------------------------------------
+
+CHANGED_SERVER = "train-1"  # a GPU server: a device plugged in and out, then moved twice
+HOT_ALIAS = "a100"
+DISK_MARKER = b"written by the guest before its move\n"
+LIVE_BOOT = NicBoot("web-2", ({"net_id": "tenant-net", "vnic_type": "direct"},
+                              {"port_id": "st-port"}),
+                    "a VF as a hostdev NIC and st-port's macvtap again, to move live")
+DRAIN_REASON = "NIC firmware update"
+
+
+def _placed(run: DemoRun, name: str) -> JSON | None:
+    """The server as last seen, if it was placed; a surprise when it was not."""
+    obj = run.servers.get(name)
+    if obj is None or obj.get("host") is None:
+        run.surprise(f"{name} was never placed, so there is nothing to change")
+        return None
+    return obj
+
+
+def _events_since(run: DemoRun, client: ApiClient, ref: str, seen: int, title: str) -> None:
+    """The server's events after the first ``seen`` (``GET /v1/servers/{ref}/events``)."""
+    events = [event_record(e) for e in client.server_events(ref)[seen:]]
+    run.console.print(render.events_table(events, title=title))
+
+
+def _device_states(run: DemoRun, admin: ApiClient, held: Sequence[tuple[str, str]],
+                   what: str) -> None:
+    """Each (host, address) the server held, as its host now has it: free, or a surprise."""
+    for host, address in held:
+        rec = device_record(admin.device(host, address))
+        owner = f", owner {rec.owner}" if rec.owner else ""
+        run.console.print(escape(f"- {host} {address}: ") + f"[bold]{rec.state.value}[/]"
+                          + escape(owner), highlight=False)
+        if rec.state.value != "available":
+            run.surprise(f"{host} {address} is {rec.state.value} after {what}")
+
+
+def _held(admin: ApiClient, ref: str, hosts: Sequence[str]) -> list[tuple[str, str]]:
+    """(host, address) of each device the server holds on ``hosts``: mid-move it holds both
+    sides, and its own device list does not say which host has which."""
+    return [(r.host, str(r.device.address)) for host in hosts
+            for r in (device_record(d) for d in admin.devices([("host", host)]).items)
+            if r.owner == ref]
+
+
+def _held_text(held: Sequence[tuple[str, str]]) -> str:
+    by_host: dict[str, list[str]] = defaultdict(list)
+    for host, address in held:
+        by_host[host].append(address)
+    return "; ".join(f"{host} {', '.join(a)}" for host, a in by_host.items()) or "nothing"
+
+
+def change_servers(run: DemoRun) -> None:
+    """The tenant hot-plugs an A100 into a running server from its own host (never moving
+    it) and takes it out again; the device is the server's only once the host's agent has
+    plugged it, and free only once the agent confirms the unplug."""
+    c = run.console
+    obj = _placed(run, CHANGED_SERVER)
+    if obj is None:
+        return
+    ref, host = str(obj["id"]), str(obj["host"])
+    with run.member() as member, run.admin() as admin:
+        seen = len(member.server_events(ref))
+        before = {d.address for d in server_record(member.server(ref)).devices}
+        plugged = member.attach_device(ref, alias=HOT_ALIAS)
+        c.print(escape(f'POST /v1/servers/{CHANGED_SERVER}/devices {{"alias": "{HOT_ALIAS}"}}'
+                       f": {placement_line(plugged)}"), highlight=False)
+        added = [d.address for d in server_record(plugged).devices if d.address not in before]
+        if len(added) != 1:
+            run.surprise(f"attaching one {HOT_ALIAS} to {CHANGED_SERVER} added {len(added)}")
+            return
+        address = str(added[0])
+        last = _wait_server(admin, ref, lambda s: all(
+            d.state is DeviceState.ALLOCATED for d in server_record(s).devices))
+        if last is None:
+            run.surprise(f"{CHANGED_SERVER} vanished while a device was plugged in")
+            return
+        c.print(escape(f"host {host}'s agent plugged it: {placement_line(last)}"),
+                highlight=False)
+        if not all(d.state is DeviceState.ALLOCATED for d in server_record(last).devices):
+            run.surprise(f"{address} is not allocated to {CHANGED_SERVER} after its attach")
+        try:
+            member.attach_device(ref, alias=HOT_ALIAS)
+        except errors.PcipassError as exc:
+            c.print("- " + _refused(f"another {HOT_ALIAS}", exc), highlight=False)
+            if exc.code != "quota_exceeded":
+                run.surprise(f"another {HOT_ALIAS}: expected quota_exceeded, got {exc.code}")
+        else:
+            run.surprise(f"a {HOT_ALIAS} over {TENANT}'s quota was attached")
+        member.detach_device(ref, address)
+        last = _wait_server(admin, ref, lambda s: all(
+            str(d.address) != address for d in server_record(s).devices))
+        c.print(escape(f"DELETE /v1/servers/{CHANGED_SERVER}/devices/{address}, once its "
+                       f"host's agent confirmed the unplug:"), highlight=False)
+        _device_states(run, admin, [(host, address)], "its detach")
+        if last is not None:
+            run.servers[CHANGED_SERVER] = last
+        _events_since(run, member, ref, seen,
+                      f"Events of {CHANGED_SERVER} since the attach (GET /v1/servers/"
+                      f"{CHANGED_SERVER}/events)")
+
+
+def _move_ended(moves: Sequence[JSON]) -> bool:
+    return bool(moves) and not MoveStatus(str(moves[-1].get("status"))).open
+
+
+def _cold_migrate(run: DemoRun) -> None:
+    """The admin cold-migrates the GPU server to another host: the A100s there are claimed
+    first, the source stops it and hands its disk over through the control plane, the
+    destination starts it (VERIFY_RESIZE); on confirm the source's devices are freed."""
+    c = run.console
+    obj = _placed(run, CHANGED_SERVER)
+    source = None if obj is None else _host(run, str(obj["host"]))
+    if obj is None or source is None:
+        return
+    dest = _other_host(run, source.profile, source.name)
+    ref = str(obj["id"])
+    disk = overlay_path(_state_dir(run, source), ref)
+    with disk.open("ab") as f:
+        f.write(DISK_MARKER)
+    c.print(escape(f"wrote {DISK_MARKER.decode().strip()!r} into {CHANGED_SERVER}'s boot "
+                   f"disk on {source.name} (the simulated host's overlay file "
+                   f"{disk.relative_to(run.workdir)})"), highlight=False)
+    with run.admin() as admin:
+        held = _held(admin, ref, [source.name])
+        seen = len(admin.server_events(ref))
+        moving = admin.migrate_server(ref, host=dest.name)
+        c.print(escape(f'POST /v1/servers/{CHANGED_SERVER}/migrate {{"host": "{dest.name}"}}'
+                       f": {moving.get('status')}"), highlight=False)
+        last = _wait_server(admin, ref, settled)
+        if last is None:
+            run.surprise(f"{CHANGED_SERVER} vanished during its migration")
+            return
+        c.print(escape(f"  {CHANGED_SERVER} is {last.get('status')} on {last.get('host')}, "
+                       "holding both sides until a confirm or revert: "
+                       f"{_held_text(_held(admin, ref, [source.name, dest.name]))}"),
+                highlight=False)
+        if (last.get("status"), last.get("host")) != ("VERIFY_RESIZE", dest.name):
+            run.surprise(f"{CHANGED_SERVER} is {last.get('status')} on {last.get('host')}, "
+                         f"not VERIFY_RESIZE on {dest.name}")
+        landed = overlay_path(_state_dir(run, dest), ref)
+        carried = landed.is_file() and DISK_MARKER in landed.read_bytes()
+        c.print(escape(f"the marker is {'in' if carried else 'NOT in'} its boot disk on "
+                       f"{dest.name} (the simulated host's overlay file "
+                       f"{landed.relative_to(run.workdir)})"), highlight=False)
+        if not carried:
+            run.surprise(f"{CHANGED_SERVER}'s disk did not reach {dest.name}")
+        admin.confirm_resize(ref)
+        moves = _poll(lambda: admin.server_moves(ref), _move_ended)
+        last = admin.server(ref)
+        run.servers[CHANGED_SERVER] = last
+        c.print(escape(f"POST /v1/servers/{CHANGED_SERVER}/resize/confirm: "
+                       f"{placement_line(last)}; on {source.name}, once its agent destroyed "
+                       "what it kept:"), highlight=False)
+        _device_states(run, admin, held, "the confirmed migration")
+        c.print(render.moves_table(moves, title=f"Moves of {CHANGED_SERVER} (GET /v1/servers/"
+                                                f"{CHANGED_SERVER}/moves)"))
+        if not moves or moves[-1].get("status") != MoveStatus.DONE.value:
+            run.surprise(f"{CHANGED_SERVER}'s migration did not end done")
+        _events_since(run, admin, ref, seen, f"Events of {CHANGED_SERVER} since the migrate")
+
+
+def _live_migrate_and_drain(run: DemoRun) -> None:
+    """A server with a direct and a macvtap port; its host is reserved for maintenance; the
+    drain listing says what could leave live; the admin live-migrates it to another SR-IOV
+    host (the direct NIC unplugged meanwhile) and takes the host back into service."""
+    c = run.console
+    if boot_nics(run, LIVE_BOOT) != PLACED:
+        return
+    start_servers(run, [LIVE_BOOT.name])
+    obj = run.servers[LIVE_BOOT.name]
+    source = _host(run, str(obj.get("host")))
+    if source is None or obj.get("status") != "ACTIVE":
+        return
+    dest = _other_host(run, source.profile, source.name)
+    ref = str(obj["id"])
+    with run.admin() as admin:
+        admin.reserve_host(source.name, True, reason=DRAIN_REASON)
+        c.print(escape(f'POST /v1/hosts/{source.name}/reserve {{"reason": "{DRAIN_REASON}"}}'
+                       f", then GET /v1/hosts/{source.name}/drain:"), highlight=False)
+        drain = admin.host_drain(source.name)
+        entries = list(drain.get("servers") or ())
+        c.print(render.drain_view(drain, [server_record(e["server"]) for e in entries]))
+        movable = {str(e["server"]["name"]): bool(e.get("live_migratable")) for e in entries}
+        if movable.get(LIVE_BOOT.name) is not True:
+            run.surprise(f"the drain listing does not say {LIVE_BOOT.name} can move live")
+        seen = len(admin.server_events(ref))
+        switch_from = {h.name: len(h.switch.calls) for h in run.hosts}
+        moving = admin.live_migrate(ref)
+        c.print(escape(f"POST /v1/servers/{LIVE_BOOT.name}/live-migrate (any host that fits):"
+                       f" {moving.get('status')}"), highlight=False)
+        last = _wait_server(admin, ref, settled)
+        if last is None:
+            run.surprise(f"{LIVE_BOOT.name} vanished during its live migration")
+            return
+        run.servers[LIVE_BOOT.name] = last
+        c.print(f"  {escape(placement_line(last))}", highlight=False)
+        if (last.get("status"), last.get("host")) != ("ACTIVE", dest.name):
+            run.surprise(f"{LIVE_BOOT.name} is {last.get('status')} on {last.get('host')}, "
+                         f"not ACTIVE on {dest.name}")
+        ports = list(server_record(last).ports)
+        c.print(render.ports_table(ports, title=f"{LIVE_BOOT.name}'s ports after the move",
+                                   server=False))
+        show_vfs(run, [p for p in ports if p.binding is not None], switch_from)
+        if any(p.binding is None or p.binding.host != dest.name for p in ports):
+            run.surprise(f"{LIVE_BOOT.name}'s ports are not all bound on {dest.name}")
+        events = [event_record(e) for e in admin.server_events(ref)[seen:]]
+        warned = [e for e in events if e.action == "live_migrate" and e.outcome == "started"
+                  and "loses" in (e.message or "")]
+        for e in warned:
+            c.print(escape(f"event live_migrate started on {e.host}: {e.message}"),
+                    highlight=False)
+        if not warned:
+            run.surprise("no event warned that the guest loses its direct NIC while it moves")
+        c.print(render.events_table(events, title=f"Events of {LIVE_BOOT.name} since the "
+                                                  "live-migrate"))
+        admin.reserve_host(source.name, False)
+        after = admin.host_drain(source.name)
+        left = ", ".join(str(e["server"]["name"]) for e in after.get("servers") or ()) or "none"
+        reserved = "yes" if (after.get("host") or {}).get("reserved") else "no"
+        c.print(escape(f"POST /v1/hosts/{source.name}/unreserve: reserved={reserved}; servers "
+                       f"still there: {left}"), highlight=False)
+        if reserved != "no":
+            run.surprise(f"{source.name} is still reserved after unreserve")
+
+
+def _delete_mid_move(run: DemoRun) -> None:
+    """The GPU server is migrated once more, and the tenant deletes it while it waits in
+    VERIFY_RESIZE: each of the two hosts destroys its part and frees its devices."""
+    c = run.console
+    obj = _placed(run, CHANGED_SERVER)
+    if obj is None:
+        return
+    ref, source = str(obj["id"]), str(obj["host"])
+    with run.admin() as admin, run.member() as member:
+        admin.migrate_server(ref)
+        last = _wait_server(admin, ref, settled)
+        if last is None:
+            run.surprise(f"{CHANGED_SERVER} vanished during its migration")
+            return
+        dest = str(last.get("host"))
+        held = _held(admin, ref, [source, dest])
+        c.print(escape(f"POST /v1/servers/{CHANGED_SERVER}/migrate (any other host): "
+                       f"{last.get('status')} on {dest}, holding {_held_text(held)}"),
+                highlight=False)
+        if last.get("status") != "VERIFY_RESIZE" or dest == source:
+            run.surprise(f"{CHANGED_SERVER} is {last.get('status')} on {dest}, not "
+                         f"VERIFY_RESIZE on another host")
+        gone = member.delete_server(ref)
+        last = _wait_status(admin, ref, lambda s: s == "DELETED")
+        status = "DELETED" if last is None else str(last.get("status"))
+        c.print(escape(f"DELETE /v1/servers/{CHANGED_SERVER} in VERIFY_RESIZE: "
+                       f"{gone.get('status')}, then ") + f"[bold]{escape(status)}[/]"
+                + escape(f" once both hosts ({source}, {dest}) let go:"), highlight=False)
+        if status != "DELETED":
+            run.surprise(f"{CHANGED_SERVER} is {status}, not DELETED, after its delete")
+        run.servers.pop(CHANGED_SERVER, None)
+        _device_states(run, admin, held, f"{CHANGED_SERVER} was deleted mid-move")
+        moves = admin.server_moves(ref)
+        c.print(render.moves_table(moves, title=f"Moves of {CHANGED_SERVER}"))
+        last_move = moves[-1] if moves else {}
+        if (last_move.get("status"), last_move.get("message")) != (
+                MoveStatus.FAILED.value, DELETED_MID_MOVE):
+            run.surprise(f"{CHANGED_SERVER}'s last move is {last_move.get('status')} "
+                         f"({last_move.get('message')}), not failed: {DELETED_MID_MOVE}")
+
+
+def move_servers(run: DemoRun) -> None:
+    """Cold migration with the guest's disk, live migration off a host being drained, and a
+    delete in the middle of a move; hosts join the fleet to take the servers."""
+    _cold_migrate(run)
+    _live_migrate_and_drain(run)
+    _delete_mid_move(run)
+
+
 SCENARIO: tuple[tuple[str, Step], ...] = (
     ("Start the control plane", start_control_plane),
     ("Build simulated hosts", build_hosts),
@@ -891,6 +1255,8 @@ SCENARIO: tuple[tuple[str, Step], ...] = (
     ("Delete a server", delete_server),
     ("SR-IOV networks and ports", sriov_networks),
     ("Delete a server with ports", delete_nic_server),
+    ("Change running servers", change_servers),
+    ("Move servers and drain a host", move_servers),
     ("Usage", show_usage),
 )
 
@@ -912,7 +1278,8 @@ def keep_serving(run: DemoRun) -> None:
         c.print("try, in another terminal:")
         c.print(f"  export PCIPASS_URL={run.url} PCIPASS_TOKEN={run.admin_token}")
         c.print("  pcipass device list --host gpu-server-1\n  pcipass pool list\n"
-                "  pcipass server list\n  pcipass server show train-1\n"
+                "  pcipass server list\n  pcipass server show web-2\n"
+                "  pcipass server moves train-1\n  pcipass host drain sriov-nic-server-1\n"
                 "  pcipass explain --flavor gpu.large")
         c.print(f"hosts' sysfs trees are under {run.workdir / 'hosts'}; agents re-discover "
                 f"every 2s and report every {LIVE_INTERVAL_S:.0f}s. Ctrl-C stops everything.")

@@ -135,6 +135,21 @@ def test_freeing_is_the_mirror_and_keeps_the_reserved_flag(store: Store) -> None
     check_invariants(store)
 
 
+def test_a_one_time_use_device_comes_back_reserved_until_an_operator_unreserves_it(
+        store: Store) -> None:
+    once = gpu("0000:3b:00.0", group=10, tags={"one_time_use": "true"})
+    report(store, "node1", inventory(once, gpu("0000:5e:00.0", group=11)))
+    got = place(store, "node1", boot(request("gpu", 2)))
+    assert isinstance(got, ServerRecord)
+    store.delete_server(got.id)
+    assert states(store) == {"0000:3b:00.0": ("reserved", None),     # to be cleaned first
+                             "0000:5e:00.0": ("available", None)}
+    check_invariants(store)
+    assert isinstance(place(store, "node1", boot(request("gpu", 2))), NoFit)
+    store.set_reserved("node1", a("0000:3b:00.0"), False)              # cleaned
+    assert isinstance(place(store, "node1", boot(request("gpu", 2))), ServerRecord)
+
+
 def test_a_device_the_spec_drops_while_held_leaves_the_pools_when_freed(store: Store) -> None:
     report(store, "node1", two_gpus())
     got = place(store, "node1", boot(request("gpu", 1)))

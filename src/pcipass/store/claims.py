@@ -508,7 +508,9 @@ def free_devices(conn: Connection, server_id: str, host_id: int,
                  addresses: Iterable[str] | None, kind_ids: KindIds, now: datetime, *,
                  cached: tuple[FactsCache, int] | None = None) -> list[str]:
     """Give back those of ``addresses`` (None: all) the server still holds on the host;
-    which it did (their metering is the caller's). ``cached``: as :func:`load_rows`."""
+    which it did (their metering is the caller's). ``cached``: as :func:`load_rows`. A
+    device tagged ``one_time_use`` comes back reserved (Nova's one-time-use devices: an
+    operator cleans it, then unreserves it)."""
     wanted = None if addresses is None else set(addresses)
     rows = load_rows(conn, host_id, cached=cached)
     targets: list[Target] = []
@@ -521,8 +523,9 @@ def free_devices(conn: Connection, server_id: str, host_id: int,
         freed.append(str(t.address))
         if t.state is DeviceState.REMOVED:
             continue   # it vanished while held: now nobody holds it, the row goes
+        once = t.device.tags.get("one_time_use") == "true"
         targets.append(Target(replace(t, state=DeviceState.AVAILABLE, owner=None,
-                                      held_state=None)))
+                                      held_state=None, reserved=t.reserved or once)))
     if freed:
         write_host(conn, host_id, rows, targets, kind_ids, now)
         drop_empty_pools(conn, host_id)

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from hypothesis import settings
 from sqlalchemy import create_engine
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -23,6 +24,11 @@ from sqlalchemy.pool import NullPool
 from apiserver import ApiServer, api_server
 from fleet import Clock
 from pcipass.store import Store
+
+# Property tests assert properties, not speed: hypothesis's per-example deadline would turn a
+# busy CI machine into a failure (speed is measured in bench/, not asserted in tests).
+settings.register_profile("pcipass", deadline=None)
+settings.load_profile("pcipass")
 
 PG_SERVER = os.environ.get("PCIPASS_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/")
 REQUIRE_PG = os.environ.get("PCIPASS_REQUIRE_PG") == "1"

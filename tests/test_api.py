@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -176,6 +177,39 @@ def test_invalid_report_keeps_old_inventory(http: httpx.Client) -> None:
     assert_error(put_report(http, host, body), 422, "invalid_inventory", "devices[1].vendor_id")
     assert http.get("/v1/devices", params={"host": host}).json() == before
     assert http.get(f"/v1/hosts/{host}").json()["generation"] == generation
+
+
+def test_a_card_serial_number_is_stored_shown_and_updated(http: httpx.Client) -> None:
+    host = new_host()
+    devices = nic("0000:af:00.0", 2)
+    generation = create_host(http, host, [replace(d, card_serial_number="MT2245X00007")
+                                          for d in devices])
+
+    def serials() -> dict[str, str | None]:
+        listed = http.get("/v1/devices", params={"host": host}).json()["devices"]
+        return {d["address"]: d["card_serial_number"] for d in listed}
+
+    assert serials() == {"0000:af:00.0": "MT2245X00007", "0000:af:02.0": "MT2245X00007",
+                         "0000:af:02.1": "MT2245X00007"}
+    shown = http.get(f"/v1/devices/{host}/0000:af:02.1").json()
+    assert shown["card_serial_number"] == "MT2245X00007"
+    # A card swapped in the same slot: a new serial is a change like any other.
+    reply = put_report(http, host, report(inventory(
+        [replace(d, card_serial_number="MT2301X00042") for d in devices]), generation))
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["updated"] == 3
+    assert set(serials().values()) == {"MT2301X00042"}
+
+
+@pytest.mark.parametrize("serial", ["", "x" * 256, "MT\n2245", 12345])
+def test_a_bad_card_serial_number_is_refused_naming_the_field(http: httpx.Client,
+                                                             serial: Any) -> None:
+    host = new_host()
+    body = report(inventory([gpu("0000:3b:00.0")]), None)
+    body["devices"][0]["card_serial_number"] = serial
+    assert_error(put_report(http, host, body), 422, "invalid_inventory",
+                 "devices[0].card_serial_number")
+    assert_error(http.get(f"/v1/hosts/{host}"), 404, "not_found")
 
 
 @pytest.mark.parametrize(

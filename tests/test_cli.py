@@ -95,6 +95,33 @@ def test_discover_table_shows_devices_and_verdicts(gpu_root: Path) -> None:
     assert not out.lstrip().startswith("{")
 
 
+def test_discover_explains_a_remote_managed_spec(tmp_path: Path) -> None:
+    """The SR-IOV profile's ConnectX-6 has a serial number in its VPD, the E810 on 5e has none
+    once its VPD is blanked: the remote-managed spec takes the first card's VFs only, and says
+    why it leaves the other's PF and (would-be) VFs."""
+    root = tmp_path / "sriov"
+    build_host(root, "sriov-nic-server")
+    (root / "sys/bus/pci/devices/0000:3b:00.0/vpd").write_bytes(b"\xff" * 64)
+    specs = ['{"address": "0000:af:00.0", "remote_managed": "true"}',
+             '{"vendor_id": "8086", "product_id": "1889", "address": "0000:3b:00.0", '
+             '"remote_managed": "true"}']
+    devs = by_address(discovered(cli("discover", "--sysfs-root", root, "--json",
+                                     *(a for spec in specs for a in ("--device-spec", spec)))))
+    cx6_vfs = [d for d in devs.values() if d["parent_addr"] == "0000:af:00.0"]
+    assert len(cx6_vfs) == 8 and all(d["assignable"] for d in cx6_vfs)
+    assert {d["card_serial_number"] for d in cx6_vfs} == {"MT2245X00000"}
+    assert not devs["0000:af:00.0"]["assignable"]
+    assert "which a PF cannot be" in devs["0000:af:00.0"]["warnings"][0]
+    e810_vfs = [d for d in devs.values() if d["parent_addr"] == "0000:3b:00.0"]
+    assert e810_vfs and not any(d["assignable"] for d in e810_vfs)
+    assert all(d["card_serial_number"] is None for d in e810_vfs)
+    assert all("device_spec[1] is remote_managed but its PF's VPD has no card serial number"
+               in d["warnings"][0] for d in e810_vfs)
+    table = cli("discover", "--sysfs-root", root, "--device-spec", specs[1])
+    assert table.exit_code == 0, table.output
+    assert "0000:3b:01.0: device_spec[0] is remote_managed" in " ".join(table.stdout.split())
+
+
 @pytest.mark.parametrize(("spec", "expected"), [
     ('{"vendor_id": "10dex"}', ["--device-spec #2", "vendor_id", "10dex"]),
     ('{"vendor_id": "10de"', ["--device-spec #2", "not valid JSON"]),
@@ -290,6 +317,11 @@ def test_device_show_reserve_unreserve(server: ApiServer, fleet: str) -> None:
     assert [d["address"] for d in listed["devices"]] == ["0000:17:00.0"]
     back = cli("device", "unreserve", "gpu-1", "0000:17:00.0", env=env)
     assert back.exit_code == 0 and "available" in back.stdout
+    # A VF shows its card's serial number (from its PF's VPD); a GPU has none.
+    vf_view = cli("device", "show", "sriov-1", "0000:3b:11.0", env=env)
+    assert vf_view.exit_code == 0, vf_view.output
+    assert "card serial" in vf_view.stdout and "B4969100001" in vf_view.stdout
+    assert dev["card_serial_number"] is None
 
 
 def test_pool_list(server: ApiServer, fleet: str) -> None:

@@ -593,3 +593,65 @@ def test_apply_agrees_with_match_and_leaves_input_alone(
         assert result.assignable == (first is not None)
         assert result.tags == (first.tags if first is not None else {})
         assert result.address == original.address
+
+
+# --- remote_managed: Nova's two rules for off-path SmartNIC DPUs ----------------------------
+
+DPU_PF = "0000:af:00.0"
+
+
+def dpu_host(serial: str | None) -> list[PciDevice]:
+    """A BlueField-like PF with two VFs; VFs report their PF's card serial number."""
+    pf_dev = replace(pf(DPU_PF, product="a2d6", netdev="p0"), card_serial_number=serial)
+    return [pf_dev, *(replace(vf(f"0000:af:00.{i}", DPU_PF, product="101e"),
+                              card_serial_number=serial) for i in (2, 3))]
+
+
+REMOTE_VFS = {"vendor_id": "8086", "product_id": "101e", "address": DPU_PF,
+              "physical_network": "physnet3", "remote_managed": "true"}
+
+
+def test_a_remote_managed_spec_takes_vfs_whose_card_has_a_serial_number() -> None:
+    out = load_device_specs([REMOTE_VFS]).apply(dpu_host("MT2245X00007"))
+    assert [d.assignable for d in out] == [False, True, True]
+    assert out[1].tags["remote_managed"] == "true"
+    assert all(d.warnings == () for d in out)
+
+
+@pytest.mark.parametrize("serial", [None, ""])
+def test_without_a_card_serial_number_remote_managed_vfs_are_refused_saying_why(
+        serial: str | None) -> None:
+    specs = load_device_specs([REMOTE_VFS])
+    out = specs.apply(dpu_host(serial))
+    assert not any(d.assignable for d in out)
+    assert out[1].warnings == (
+        "device_spec[0] is remote_managed but its PF's VPD has no card serial number "
+        "(the DPU finds the card by it)",)
+    assert out[0].warnings == ()  # the spec's product id does not name the PF itself
+    assert not specs.specs[0].matches(out[1], HostView.of(out))
+
+
+def test_a_pf_is_never_remote_managed() -> None:
+    host = dpu_host("MT2245X00007")
+    specs = load_device_specs([{"address": DPU_PF, "remote_managed": "yes"}])
+    out = specs.apply(host)
+    # The exact PF address selects its VFs too (Nova's PF rule); only the VFs are taken.
+    assert [d.assignable for d in out] == [False, True, True]
+    assert out[0].warnings == ("device_spec[0] is remote_managed, which a PF cannot be (only "
+                               "its VFs, through their representors on the DPU)",)
+
+
+def test_a_later_spec_still_takes_what_a_remote_managed_one_refuses() -> None:
+    specs = load_device_specs([REMOTE_VFS, {"vendor_id": "8086", "physical_network": "p1"}])
+    out = specs.apply(dpu_host(None))
+    assert [d.assignable for d in out] == [True, True, True]
+    assert out[1].tags == {"physical_network": "p1"}
+    assert "no card serial number" in out[1].warnings[0]  # the operator still learns why
+
+
+@pytest.mark.parametrize("word", ["false", "no", "0", "off", "maybe", "True ", "ON"])
+def test_only_a_true_word_makes_a_spec_remote_managed(word: str) -> None:
+    spec = parse_device_spec({**REMOTE_VFS, "remote_managed": word})[0]
+    assert spec.remote_managed is (word.strip().lower() in ("true", "on"))
+    no_serial = dpu_host(None)
+    assert spec.matches(no_serial[1], HostView.of(no_serial)) is not spec.remote_managed

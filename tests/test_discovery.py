@@ -25,6 +25,7 @@ from pcipass.host.sysfs_tree import FakeDevice, FakeNetDev, FakeSriov, SysfsTree
 from pcipass.pci.address import PciAddress
 from pcipass.pci.device import DevType, PciDevice
 from pcipass.pci.inventory import Inventory, inventory_to_json, parse_inventory
+from pcipass.pci.vpd import encode_vpd
 
 A = PciAddress.parse
 
@@ -194,6 +195,44 @@ def test_enabled_vfs_have_parent_index_and_own_groups(tree: SysfsTree) -> None:
     assert all(v.iommu_group_members == (v.address,) for v in vfs)
     assert [v.devnames for v in vfs] == [(f"ens1f0v{i}",) for i in range(4)]
     assert all(v.numa_node == 0 and v.total_vfs is None for v in vfs)
+
+
+def test_a_pfs_vpd_serial_number_is_reported_on_it_and_its_vfs(tree: SysfsTree) -> None:
+    card = encode_vpd("E810-C", {"PN": "E810CQDA2", "SN": "B49691000010"})
+    tree.add_device(pf("0000:3b:00.0", vpd=card))
+    tree.enable_vfs("0000:3b:00.0", 2)
+    # A plain function's VPD is not read: only PFs' serials are used.
+    tree.add_device(nic("0000:04:00.0", vpd=encode_vpd("I350", {"SN": "X1"})))
+    inv = run(tree)
+    assert [(str(d.address), d.card_serial_number) for d in inv.devices] == [
+        ("0000:04:00.0", None), ("0000:3b:00.0", "B49691000010"),
+        ("0000:3b:01.0", "B49691000010"), ("0000:3b:01.1", "B49691000010")]
+    assert all(d.warnings == () for d in inv.devices)
+    again = parse_inventory(inventory_to_json(inv))
+    assert again.devices == inv.devices
+
+
+@pytest.mark.parametrize(("vpd", "warning"), [
+    (b"\x90\x04\x00SN\x01A\x78", "vpd: not a valid VPD record (the read-only section has "
+     "no RV checksum entry at byte 0); no card serial number"),
+    (b"\xff" * 128, None),
+    (encode_vpd("E810-C", {"PN": "E810CQDA2"}), None),
+], ids=["corrupt", "blank", "no-sn"])
+def test_a_pf_without_a_usable_serial_reports_none(tree: SysfsTree, vpd: bytes,
+                                                   warning: str | None) -> None:
+    tree.add_device(pf("0000:3b:00.0", vpd=vpd))
+    tree.enable_vfs("0000:3b:00.0", 1)
+    inv = run(tree)
+    assert [d.card_serial_number for d in inv.devices] == [None, None]
+    assert one(inv, "0000:3b:00.0").warnings == ((warning,) if warning else ())
+
+
+def test_an_unreadable_vpd_is_a_warning(tree: SysfsTree) -> None:
+    tree.add_device(pf("0000:3b:00.0"))
+    (tree.device_path("0000:3b:00.0") / "vpd").mkdir()  # reading it fails, even for root
+    dev = one(run(tree), "0000:3b:00.0")
+    assert dev.card_serial_number is None
+    assert dev.warnings == ("vpd: cannot read (Is a directory)",)
 
 
 def test_vf_index_comes_from_the_pf_links_not_the_address(tree: SysfsTree) -> None:
@@ -609,6 +648,12 @@ def test_sriov_nic_server(tmp_path: Path) -> None:
     assert {(v.vendor_id, v.product_id, v.driver) for v in vfs} == {
         ("8086", "1889", "iavf"), ("15b3", "101c", "mlx5_core")}
     assert len({v.iommu_group for v in vfs}) == len(vfs) == 32
+    # Both ports of a card share its VPD; every VF reports its card's serial number.
+    serials = {name: d.card_serial_number for name, d in pfs.items()}
+    assert serials["ens1f0"] == serials["ens1f1"] != serials["ens2f0"] == serials["ens2f1"]
+    assert serials["ens2f0"] == "MT2245X00000" and len(set(serials.values())) == 3
+    assert all(v.card_serial_number == next(p.card_serial_number for p in pfs.values()
+                                             if p.address == v.parent_addr) for v in vfs)
     spec = suggested_device_spec("sriov-nic-server")
     assert {e["physical_network"] for e in spec} == {"physnet1", "physnet2"}
     pf_addrs = {str(d.address) for d in pfs.values()}

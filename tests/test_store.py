@@ -155,7 +155,7 @@ def test_migrations_create_the_schema_on_a_fresh_database(db_url: str) -> None:
     engine = create_engine(db_url, poolclass=NullPool)
     try:
         with engine.connect() as conn:
-            assert current_revision(conn) == head_revision() == "0009"
+            assert current_revision(conn) == head_revision() == "0010"
             assert set(inspect(conn).get_table_names()) >= {
                 "hosts", "devices", "device_tags", "pools", "tokens", "alembic_version"}
     finally:
@@ -172,6 +172,40 @@ def test_migrations_match_the_schema_the_code_uses(db_url: str) -> None:
         with engine.connect() as conn:
             ctx = MigrationContext.configure(conn, opts={"compare_type": True})
             assert compare_metadata(ctx, metadata) == []
+    finally:
+        engine.dispose()
+
+
+def test_migration_0010_adds_the_card_serial_and_keeps_devices_both_ways(db_url: str) -> None:
+    from alembic import command
+
+    from pcipass.store.migrate import alembic_config
+
+    card = inv(pf(card_serial_number="MT2245X00007"),
+               vf("0000:3b:02.0", card_serial_number="MT2245X00007"))
+    store = Store.open(db_url)
+    store.report_inventory("node1", None, card, now=T0)
+    store.close()
+    engine = create_engine(db_url, poolclass=NullPool)
+    try:
+        for revision in ("0009", "0010"):
+            with engine.begin() as conn:
+                step = command.downgrade if revision == "0009" else command.upgrade
+                step(alembic_config(conn), revision)
+            with engine.connect() as conn:
+                columns = {c["name"] for c in inspect(conn).get_columns("devices")}
+                assert ("card_serial_number" in columns) is (revision == "0010")
+                assert conn.execute(text("SELECT count(*) FROM devices")).scalar() == 2
+        reopened = Store.open(db_url)
+        try:
+            assert [r.device.card_serial_number for r in all_devices(reopened)] == [None] * 2
+            # The next report puts it back, as an update of facts.
+            again = reopened.report_inventory("node1", 1, card, now=T0)
+            assert again.updated == 2
+            assert {r.device.card_serial_number for r in all_devices(reopened)} == {
+                "MT2245X00007"}
+        finally:
+            reopened.close()
     finally:
         engine.dispose()
 

@@ -137,6 +137,8 @@ class DeviceIn(BaseModel):
     driver: str | None = None
     netdevs: list[NetDevIn] = []
     name: str | None = None
+    card_serial_number: str | None = Field(
+        default=None, description="The SN field of the card's VPD; a VF reports its PF's.")
     assignable: bool = False
     tags: dict[str, str] = {}
     warnings: list[str] = []

@@ -202,6 +202,7 @@ def device_view(r: DeviceRecord) -> RenderableType:
         ("driver", _opt(d.driver)),
         ("netdevs", ", ".join(f"{n.name} ({n.mac})" if n.mac else n.name
                               for n in d.netdevs) or "-"),
+        ("card serial", _opt(d.card_serial_number)),
         ("assignable", "yes" if d.assignable else "no"),
         ("tags", tags_text(d.tags)),
         ("state", r.state.value),

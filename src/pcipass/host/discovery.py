@@ -2,7 +2,8 @@
 
 Reads ``ROOT/sys/bus/pci/devices/*``, ``ROOT/sys/kernel/iommu_groups/*`` and
 ``ROOT/sys/devices/system/node/*`` (falling back to ``sys/devices/system/cpu`` and
-``proc/meminfo``), so a test tree under any root reads like the real ``/``.
+``proc/meminfo``), so a test tree under any root reads like the real ``/``. A PF's ``vpd``
+gives the card serial number its VFs report too (:mod:`pcipass.pci.vpd`).
 
 What a real host throws at it is a value, not a crash: a file that cannot be read becomes a
 warning on that device; a device without vendor/device ids, a stale ``bus/pci/devices`` link
@@ -28,6 +29,7 @@ from pcipass.host.pciids import PciIds
 from pcipass.pci.address import PciAddress
 from pcipass.pci.device import DevType, HostInfo, NetDev, NumaNode, PciDevice
 from pcipass.pci.inventory import Inventory
+from pcipass.pci.vpd import MAX_VPD_BYTES, VpdFormatError, parse_vpd
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +79,15 @@ def discover(root: Path, *, pci_ids: PciIds | None = None,
     devices = []
     for addr in sorted(raws):
         raw = raws[addr]
+        serial = raw.card_serial_number
         if raw.physfn is not None:
             parent = raws.get(raw.physfn)
             if parent is None or not parent.is_pf:
                 log.warning("skipping VF %s: its PF %s is not a visible SR-IOV PF",
                             addr, raw.physfn)
                 continue
-        devices.append(_build(raw, vf_index, groups, node_ids, pci_ids))
+            serial = parent.card_serial_number
+        devices.append(_build(raw, vf_index, groups, node_ids, pci_ids, serial))
     return Inventory(host=host, devices=tuple(devices))
 
 
@@ -108,6 +112,7 @@ class _Raw:
     iommu_group: int | None = None
     driver: str | None = None
     netdevs: list[NetDev] = field(default_factory=list)
+    card_serial_number: str | None = None
     warnings: list[str] = field(default_factory=list)
 
 
@@ -126,6 +131,19 @@ class _DeviceDir:
             return None
         try:
             return _read_text(name, self.fd)
+        except OSError as exc:
+            self.warnings.append(f"{name}: cannot read ({exc.strerror or exc})")
+            return None
+
+    def data(self, name: str, limit: int) -> bytes | None:
+        if name not in self.entries:
+            return None
+        try:
+            fd = os.open(name, _OPEN_FLAGS, dir_fd=self.fd)
+            try:
+                return _read_all(fd, limit)
+            finally:
+                os.close(fd)
         except OSError as exc:
             self.warnings.append(f"{name}: cannot read ({exc.strerror or exc})")
             return None
@@ -180,6 +198,18 @@ def _read_text(name: str, dir_fd: int) -> str:
     return data.decode("ascii", "replace").strip()
 
 
+def _read_all(fd: int, limit: int) -> bytes:
+    chunks = []
+    size = 0
+    while size < limit:
+        chunk = os.read(fd, limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 def _read_device(path: str, addr: PciAddress) -> _Raw | None:
     try:
         fd = os.open(path, _DIR_FLAGS)
@@ -229,6 +259,9 @@ def _read_open_device(d: _DeviceDir, addr: PciAddress) -> _Raw | None:
                 vf = d.address_link(name)
                 if vf is not None:
                     raw.virtfns.append((int(m[1]), vf))
+        # Only a PF's VPD is read (its VFs report its serial, as Nova's do): reading VPD goes
+        # to the card's EEPROM and is slow, and nothing else needs it.
+        raw.card_serial_number = _card_serial_number(d)
 
     node = d.integer("numa_node")
     raw.numa_node = node if node is not None and node >= 0 else None
@@ -246,6 +279,17 @@ def _read_open_device(d: _DeviceDir, addr: PciAddress) -> _Raw | None:
         if _VIRTIO.match(name):
             raw.netdevs += _read_netdevs(d, f"{name}/net", missing_ok=True)
     return raw
+
+
+def _card_serial_number(d: _DeviceDir) -> str | None:
+    data = d.data("vpd", MAX_VPD_BYTES)
+    if data is None:
+        return None
+    try:
+        return parse_vpd(data).serial_number
+    except VpdFormatError as exc:
+        d.warnings.append(f"vpd: not a valid VPD record ({exc}); no card serial number")
+        return None
 
 
 def _count(d: _DeviceDir, name: str) -> int | None:
@@ -315,7 +359,7 @@ class _IommuGroups:
 
 
 def _build(raw: _Raw, vf_index: dict[PciAddress, int], groups: _IommuGroups,
-           node_ids: set[int], pci_ids: PciIds | None) -> PciDevice:
+           node_ids: set[int], pci_ids: PciIds | None, serial: str | None) -> PciDevice:
     warnings = raw.warnings
     index = None
     if raw.physfn is not None:
@@ -360,6 +404,7 @@ def _build(raw: _Raw, vf_index: dict[PciAddress, int], groups: _IommuGroups,
         driver=raw.driver,
         netdevs=tuple(raw.netdevs),
         name=pci_ids.name(raw.vendor_id, raw.product_id) if pci_ids is not None else None,
+        card_serial_number=serial,
         warnings=tuple(warnings),
     )
 

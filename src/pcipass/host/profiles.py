@@ -22,6 +22,7 @@ from pathlib import Path
 
 from pcipass.errors import InvalidInput
 from pcipass.host.sysfs_tree import FakeDevice, FakeNetDev, FakeSriov, SysfsTree
+from pcipass.pci.vpd import encode_vpd
 
 SpecEntry = dict[str, str]
 
@@ -167,9 +168,12 @@ def build_sriov_nic_server(tree: SysfsTree, index: int = 0, *, vfs_per_pf: int =
 
     def card(port: str, bus: str, node: int, vendor: str, pf_id: str, subsys: str,
              driver: str, total_vfs: int, offsets: tuple[int, int], vf_id: str,
-             vf_driver: str, ifnames: tuple[str, str], oui: str, enable: int) -> None:
+             vf_driver: str, ifnames: tuple[str, str], oui: str, enable: int,
+             product: str, serial: str) -> None:
         nonlocal pf_ordinal
         _root_port(tree, port, node)
+        # Both ports of a card read the same EEPROM: one serial number per card.
+        vpd = encode_vpd(product, {"PN": f"{pf_id.upper()}-{subsys}", "SN": serial, "V0": "0"})
         for fn in (0, 1):
             addr = f"{bus}:00.{fn}"
             sriov = FakeSriov(total_vfs=total_vfs, vf_product_id=vf_id, vf_driver=vf_driver,
@@ -179,7 +183,7 @@ def build_sriov_nic_server(tree: SysfsTree, index: int = 0, *, vfs_per_pf: int =
                 addr, vendor, pf_id, ETHERNET, subsystem_product_id=subsys, numa_node=node,
                 iommu_group=tree.next_iommu_group(), driver=driver, bridge=port,
                 netdevs=(FakeNetDev(ifnames[fn], _mac(oui, index, 0x10 + pf_ordinal)),),
-                sriov=sriov,
+                sriov=sriov, vpd=vpd,
             ))
             if enable:
                 tree.enable_vfs(addr, enable)
@@ -187,13 +191,16 @@ def build_sriov_nic_server(tree: SysfsTree, index: int = 0, *, vfs_per_pf: int =
 
     # E810-C, socket 0: VFs of port 0 start at 3b:01.0, of port 1 after port 0's 128.
     card("0000:3a:02.0", "0000:3b", 0, INTEL, E810_C, "0002", "ice", 128, (8, 135),
-         E810_VF, "iavf", ("ens1f0", "ens1f1"), "b4:96:91", vfs_per_pf)
+         E810_VF, "iavf", ("ens1f0", "ens1f1"), "b4:96:91", vfs_per_pf,
+         "Intel(R) Ethernet Network Adapter E810-C-Q2", f"B49691{index:04X}10")
     # E810-XXV uplink for the host itself: SR-IOV capable, no VFs.
     card("0000:5d:02.0", "0000:5e", 0, INTEL, E810_XXV, "0003", "ice", 64, (8, 71),
-         E810_VF, "iavf", ("ens3f0", "ens3f1"), "b4:96:91", 0)
+         E810_VF, "iavf", ("ens3f0", "ens3f1"), "b4:96:91", 0,
+         "Intel(R) Ethernet Network Adapter E810-XXV-2", f"B49691{index:04X}12")
     # ConnectX-6, socket 1: VFs right after the two PFs (af:00.2 ...).
     card("0000:ae:02.0", "0000:af", 1, MELLANOX, CX6, "0083", "mlx5_core", 16, (2, 17),
-         CX6_VF, "mlx5_core", ("ens2f0", "ens2f1"), "0c:42:a1", vfs_per_pf)
+         CX6_VF, "mlx5_core", ("ens2f0", "ens2f1"), "0c:42:a1", vfs_per_pf,
+         "ConnectX-6 Dx EN adapter card, 100GbE, Dual-port QSFP56", f"MT2245X{index:05d}")
 
 
 SRIOV_SPEC: tuple[SpecEntry, ...] = (

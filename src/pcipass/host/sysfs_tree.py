@@ -101,6 +101,7 @@ class FakeDevice:
     netdevs: tuple[FakeNetDev, ...] = ()
     bridge: AddressLike | None = None  # upstream bridge; None: on a root bus
     sriov: FakeSriov | None = None  # makes it a PF (sriov_totalvfs), VFs disabled at first
+    vpd: bytes | None = None  # the ``vpd`` file's bytes (pcipass.pci.vpd.encode_vpd); None: none
 
 
 @dataclass(slots=True)
@@ -257,6 +258,8 @@ class SysfsTree:
             _write(path / "sriov_offset", str(s.first_vf_offset))
             _write(path / "sriov_stride", str(s.vf_stride))
             _write(path / "sriov_vf_device", _hex_id(s.vf_product_id, 4))
+        if dev.vpd is not None:
+            (path / "vpd").write_bytes(dev.vpd)
         if physfn is not None:
             _link(path / "physfn", self._entries[physfn].path)
         return path

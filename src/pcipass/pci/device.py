@@ -52,6 +52,9 @@ class PciDevice:
     driver: str | None = None
     netdevs: tuple[NetDev, ...] = ()
     name: str | None = None
+    #: The ``SN`` field of the card's VPD (a VF reports its PF's): how a SmartNIC DPU finds
+    #: the card, and what a ``remote_managed`` device spec requires, as in Nova.
+    card_serial_number: str | None = None
     assignable: bool = False
     tags: dict[str, str] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()

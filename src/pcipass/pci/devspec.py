@@ -12,6 +12,8 @@ same devices, including its two PF rules:
   else matches only that device; one that no device holds matches nothing.
 
 Nova reads sysfs for both rules; here the host's devices stand in for sysfs (:class:`HostView`).
+A spec tagged ``remote_managed`` true (an off-path SmartNIC DPU) also follows Nova: it never
+takes a PF, and takes a VF only when its card has a serial number in its VPD.
 The first matching spec gives a device its tags. Parsing refuses a bad spec at once, naming
 the spec, the key and the problem; nothing here does I/O.
 """
@@ -115,6 +117,10 @@ class DeviceSpec:
         without it only ``dev`` itself is known (a devname on its PF cannot be resolved)."""
         if host is None:
             host = HostView.of((dev,))
+        return self.selects(dev, host) and self.remote_problem(dev) is None
+
+    def selects(self, dev: PciDevice, host: HostView) -> bool:
+        """Whether the ids and the address (or devname) name ``dev``."""
         if self.vendor_id is not None and _device_id(dev.vendor_id) != self.vendor_id:
             return False
         if self.product_id is not None and _device_id(dev.product_id) != self.product_id:
@@ -130,6 +136,30 @@ class DeviceSpec:
         if parent is not None and self._names_pf(host) and self.address.matches(parent):
             return True
         return self.address.matches(dev.address)
+
+    @property
+    def remote_managed(self) -> bool:
+        """Nova reads this tag leniently (oslo's non-strict bool): only a true word counts."""
+        value = self.tags.get("remote_managed")
+        return value is not None and value.strip().lower() in _TRUE_WORDS
+
+    def remote_problem(self, dev: PciDevice) -> str | None:
+        """Why this ``remote_managed`` spec cannot take ``dev`` although it names it.
+
+        Nova's two rules: a DPU manages VFs through their representors and has none for a
+        PF, so a PF is never remote-managed; and the DPU finds the card by the serial number
+        in its VPD, so a function without one could be bound but never wired.
+        """
+        if not self.remote_managed:
+            return None
+        if _is_pf(dev):
+            return (f"{self.where} is remote_managed, which a PF cannot be (only its VFs, "
+                    "through their representors on the DPU)")
+        if not dev.card_serial_number:
+            whose = "its PF's VPD" if dev.parent_addr is not None else "its VPD"
+            return (f"{self.where} is remote_managed but {whose} has no card serial number "
+                    "(the DPU finds the card by it)")
+        return None
 
     def _names_pf(self, host: HostView) -> bool:
         if isinstance(self.address, AddressGlob):
@@ -155,13 +185,27 @@ class DeviceSpecSet:
         return None
 
     def apply(self, devices: Sequence[PciDevice]) -> tuple[PciDevice, ...]:
-        """Copies of ``devices`` with ``assignable`` and ``tags`` set from the specs."""
+        """Copies of ``devices`` with ``assignable`` and ``tags`` set from the specs.
+
+        A ``remote_managed`` spec that names a device it cannot take leaves a warning on the
+        device saying why, so ``discover`` and ``device show`` explain a missing VF.
+        """
         host = HostView.of(devices)
         out = []
         for dev in devices:
-            spec = self.match(dev, host)
-            out.append(replace(dev, assignable=spec is not None,
-                               tags=dict(spec.tags) if spec is not None else {}))
+            chosen: DeviceSpec | None = None
+            problem: str | None = None
+            for spec in self.specs:
+                if not spec.selects(dev, host):
+                    continue
+                why = spec.remote_problem(dev)
+                if why is None:
+                    chosen = spec
+                    break
+                problem = problem or why
+            warnings = dev.warnings if problem is None else (*dev.warnings, problem)
+            out.append(replace(dev, assignable=chosen is not None, warnings=warnings,
+                               tags=dict(chosen.tags) if chosen is not None else {}))
         return tuple(out)
 
 

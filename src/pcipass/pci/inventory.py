@@ -59,6 +59,7 @@ def device_to_json(dev: PciDevice) -> JSON:
         "driver": dev.driver,
         "netdevs": [{"name": n.name, "mac": n.mac} for n in dev.netdevs],
         "name": dev.name,
+        "card_serial_number": dev.card_serial_number,
         "assignable": dev.assignable,
         "tags": dict(dev.tags),
         "warnings": list(dev.warnings),
@@ -130,6 +131,17 @@ def _count(obj: Mapping[str, Any], key: str, where: str) -> int | None:
     return value
 
 
+def _serial(obj: Mapping[str, Any], where: str) -> str | None:
+    value: str | None = _get(obj, "card_serial_number", where, str)
+    if value is None:
+        return None
+    if not value or len(value) > 255 or not all(" " <= c <= "~" for c in value):
+        raise InvalidInventory(
+            f"{where}.card_serial_number {value[:40]!r} must be 1-255 printable ASCII "
+            "characters (a VPD field)", field=f"{where}.card_serial_number")
+    return value
+
+
 def parse_device(obj: Any, where: str) -> PciDevice:
     if not isinstance(obj, Mapping):
         raise InvalidInventory(f"{where} must be an object", field=where)
@@ -191,6 +203,7 @@ def parse_device(obj: Any, where: str) -> PciDevice:
         driver=_get(obj, "driver", where, str),
         netdevs=tuple(netdevs),
         name=_get(obj, "name", where, str),
+        card_serial_number=_serial(obj, where),
         assignable=_get(obj, "assignable", where, bool, default=False),
         tags=tags,
         warnings=tuple(str(w) for w in warnings),

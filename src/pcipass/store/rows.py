@@ -55,6 +55,7 @@ def to_device(m: Mapping[Any, Any]) -> PciDevice:
         driver=m["driver"],
         netdevs=tuple(NetDev(n["name"], n.get("mac")) for n in m["netdevs"]),
         name=m["name"],
+        card_serial_number=m["card_serial_number"],
         assignable=bool(m["assignable"]),
         tags=dict(m["tags"]),
         warnings=tuple(m["warnings"]),

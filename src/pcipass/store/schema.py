@@ -225,6 +225,7 @@ devices = Table(
     Column("driver", Text, nullable=True),
     Column("netdevs", Json, nullable=False),
     Column("name", Text, nullable=True),
+    Column("card_serial_number", Text, nullable=True),
     Column("assignable", Boolean, nullable=False),
     Column("tags", Json, nullable=False),
     Column("warnings", Json, nullable=False),

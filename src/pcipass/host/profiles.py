@@ -348,6 +348,8 @@ def build_sriov_scale(tree: SysfsTree, *, pfs: int = 4, vfs_per_pf: int = 256,
             sriov=FakeSriov(total_vfs=max(total_vfs or vfs_per_pf, 1), vf_product_id=E810_VF,
                             vf_driver="iavf", first_vf_offset=8, vf_netdevs=True,
                             vf_mac_base=_vf_mac_base(index, k)),
+            vpd=encode_vpd("Intel(R) Ethernet Network Adapter E810-C-Q1",
+                           {"PN": "E810CQDA1", "SN": f"B49691{index:04X}{0x20 + k:02X}"}),
         ))
         if vfs_per_pf:
             tree.enable_vfs(addr, vfs_per_pf)

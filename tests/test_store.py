@@ -155,7 +155,7 @@ def test_migrations_create_the_schema_on_a_fresh_database(db_url: str) -> None:
     engine = create_engine(db_url, poolclass=NullPool)
     try:
         with engine.connect() as conn:
-            assert current_revision(conn) == head_revision() == "0010"
+            assert current_revision(conn) == head_revision() == "0011"
             assert set(inspect(conn).get_table_names()) >= {
                 "hosts", "devices", "device_tags", "pools", "tokens", "alembic_version"}
     finally:
@@ -208,6 +208,46 @@ def test_migration_0010_adds_the_card_serial_and_keeps_devices_both_ways(db_url:
             reopened.close()
     finally:
         engine.dispose()
+
+
+def test_migrations_that_copy_tables_keep_every_row(db_url: str) -> None:
+    """On SQLite, 0008 and 0009 copy ``hosts`` and ``moves`` (batch mode) and 0010's
+    downgrade copies ``devices``: dropping the old table must not cascade to the rows that
+    reference it (the migration runs with foreign keys off, as SQLite's procedure says)."""
+    from alembic import command
+
+    from pcipass.store.engine import Transactions, make_engine
+    from pcipass.store.migrate import alembic_config, upgrade
+
+    store = Store.open(db_url)
+    store.report_inventory("node1", None, BASE, now=T0)
+    store.close()
+
+    def rows() -> tuple[int, int, int]:
+        with engine.connect() as conn:
+            return tuple(conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()
+                         for t in ("hosts", "devices", "device_tags"))  # type: ignore[return-value]
+
+    engine = make_engine(db_url)
+    try:
+        before = rows()
+        assert before[1] == len(BASE.devices) and before[2] > 0
+        tx = Transactions(engine)
+        with tx.schema_change() as conn:
+            command.downgrade(alembic_config(conn), "0007")
+        assert rows() == before
+        upgrade(tx)
+        assert rows() == before
+        with engine.connect() as conn:
+            assert current_revision(conn) == head_revision()
+    finally:
+        engine.dispose()
+    again = Store.open(db_url)
+    try:
+        assert {r.device.address for r in all_devices(again)} == {
+            d.address for d in BASE.devices}
+    finally:
+        again.close()
 
 
 def test_opening_twice_is_idempotent_and_keeps_the_data(db_url: str) -> None:

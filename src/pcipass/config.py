@@ -20,6 +20,7 @@ or ``pcipass.sched`` imports this module. The environment wins over the file, ke
     max_attempts = 5                     # lost races a boot retries before it fails
     candidates = 8                       # hosts the SQL narrowing hands the fit per decision
     resize_same_host = true              # a resize may stay on its host when it fits there
+    host_down_after = 120                # seconds without a poll or report: the host is down
 
     [tasks]                              # PCIPASS_TASKS_<KEY>
     timeout = 300                        # seconds a spawn task may take before it fails
@@ -102,6 +103,9 @@ class SchedulerSettings:
     max_attempts: int = 5
     candidates: int = 8
     resize_same_host: bool = True
+    #: Seconds an agent may go without polling for tasks or reporting before its host takes
+    #: no new servers (Nova's ``service_down_time``); agents poll every few seconds.
+    host_down_after: float = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,6 +341,7 @@ _KEYS: dict[tuple[str, str], tuple[Coerce, str]] = {
     ("scheduler", "max_attempts"): (_int, "PCIPASS_SCHEDULER_MAX_ATTEMPTS"),
     ("scheduler", "candidates"): (_int, "PCIPASS_SCHEDULER_CANDIDATES"),
     ("scheduler", "resize_same_host"): (_bool, "PCIPASS_SCHEDULER_RESIZE_SAME_HOST"),
+    ("scheduler", "host_down_after"): (_seconds, "PCIPASS_SCHEDULER_HOST_DOWN_AFTER"),
     ("tasks", "timeout"): (_seconds, "PCIPASS_TASKS_TIMEOUT"),
     ("agent", "server"): (_optional_str, "PCIPASS_AGENT_SERVER"),
     ("agent", "token"): (_optional_str, "PCIPASS_AGENT_TOKEN"),
@@ -450,6 +455,7 @@ def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Se
             max_attempts=get("scheduler", "max_attempts", 5),
             candidates=get("scheduler", "candidates", 8),
             resize_same_host=get("scheduler", "resize_same_host", True),
+            host_down_after=get("scheduler", "host_down_after", 120.0),
         ),
         tasks=TaskSettings(timeout=get("tasks", "timeout", 300.0)),
         network=NetworkSettings(mac_prefix=get("network", "mac_prefix", DEFAULT_MAC_PREFIX)),
@@ -475,6 +481,7 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
         ("scheduler", "max_attempts"): str(sc.max_attempts),
         ("scheduler", "candidates"): str(sc.candidates),
         ("scheduler", "resize_same_host"): "true" if sc.resize_same_host else "false",
+        ("scheduler", "host_down_after"): repr(sc.host_down_after),
         ("tasks", "timeout"): repr(settings.tasks.timeout),
         ("agent", "server"): a.server,
         ("agent", "token"): a.token,

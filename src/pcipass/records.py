@@ -68,6 +68,7 @@ class HostRecord:
     device_counts: dict[str, int] = field(default_factory=dict)
     reserved: bool = False                # draining: nothing new is placed there
     reserved_reason: str | None = None
+    down: bool = False                    # its agent went silent: nothing new either
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,14 +40,16 @@ def serve(settings: Settings) -> None:
     """Serve until interrupted (SIGINT/SIGTERM shut down gracefully).
 
     The database is migrated and the bootstrap admin token stored here, once, before any
-    worker starts; a thread here fails spawn tasks that ran out of time.
+    worker starts; a thread here fails spawn tasks that ran out of time and marks down the
+    hosts whose agent went silent.
     """
     if settings.server.db == default_db_url(settings.state_dir):
         settings.state_dir.mkdir(parents=True, exist_ok=True)
     host, port = settings.server.host, settings.server.port
     store = Store.open(settings.server.db, migrate=True)
     sweeper = Sweeper(settings.server.db, settings.tasks.timeout,
-                      disks=MoveDisks(settings.state_dir / MOVE_DISKS_DIR))
+                      disks=MoveDisks(settings.state_dir / MOVE_DISKS_DIR),
+                      host_down_after=settings.scheduler.host_down_after)
     try:
         if settings.server.admin_token:
             store.ensure_token(settings.server.admin_token, role=Role.ADMIN)

@@ -100,6 +100,8 @@ class HostOut(BaseModel):
     reserved: bool = Field(default=False,
                            description="Draining: nothing new is placed on the host.")
     reserved_reason: str | None = None
+    down: bool = Field(default=False, description="Its agent has not polled or reported "
+                       "for [scheduler] host_down_after seconds: nothing new is placed there.")
     kind: str = Field(default="hypervisor",
                       description="hypervisor, or baremetal (one server takes the machine).")
     migration_uri: str | None = Field(

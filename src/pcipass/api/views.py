@@ -48,6 +48,7 @@ def host_view(rec: HostRecord) -> JSON:
         "devices": {"total": rec.device_counts.get("total", sum(counts.values())), **counts},
         "reserved": rec.reserved,
         "reserved_reason": rec.reserved_reason,
+        "down": rec.down,
         "kind": rec.info.kind.value,
         "migration_uri": rec.info.migration_uri,
     }

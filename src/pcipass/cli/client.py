@@ -547,6 +547,7 @@ def host_record(obj: Mapping[str, Any]) -> HostRecord:
         device_counts={str(k): int(v) for k, v in counts.items()},
         reserved=bool(obj.get("reserved")),
         reserved_reason=obj.get("reserved_reason"),
+        down=bool(obj.get("down", False)),
     )
 
 

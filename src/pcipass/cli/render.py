@@ -124,7 +124,7 @@ def _counts_text(counts: Mapping[str, int]) -> str:
 def hosts_table(hosts: Sequence[HostRecord], *, title: str = "Hosts") -> Table:
     table = Table(title=title, title_justify="left")
     for name in ("host", "kind", "generation", "CPUs", "memory MiB", "NUMA", "devices",
-                 "by state", "last report", "reserved"):
+                 "by state", "last report", "agent", "reserved"):
         table.add_column(name, overflow="fold", no_wrap=name == "host")
     for h in hosts:
         table.add_row(
@@ -133,9 +133,13 @@ def hosts_table(hosts: Sequence[HostRecord], *, title: str = "Hosts") -> Table:
             str(len(h.info.numa_nodes)), str(h.device_counts.get("total", 0)),
             _counts_text(h.device_counts),
             h.last_report_at.isoformat(timespec="seconds") if h.last_report_at else "never",
-            reserved_text(h),
+            agent_text(h), reserved_text(h),
         )
     return table
+
+
+def agent_text(h: HostRecord) -> str:
+    return "down (silent)" if h.down else "up"
 
 
 def reserved_text(h: HostRecord) -> str:
@@ -154,6 +158,7 @@ def host_view(h: HostRecord) -> RenderableType:
         ("last report", h.last_report_at.isoformat() if h.last_report_at else "never"),
         ("devices", str(h.device_counts.get("total", 0))),
         ("by state", _counts_text(h.device_counts)),
+        ("agent", agent_text(h)),
         ("reserved", reserved_text(h)),
     ])
     nodes = Table(title="NUMA nodes", title_justify="left")

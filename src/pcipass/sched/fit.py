@@ -51,6 +51,7 @@ class NoFitCode(StrEnum):
     PCI_TOGETHER = "pci_together"          # each request fits alone, not all at once
     SEARCH_LIMIT = "search_limit"          # gave up: the device search grew too large
     HOST_RESERVED = "host_reserved"        # an admin reserved (is draining) the host
+    HOST_DOWN = "host_down"                # its agent went silent: a spawn would time out
     HOST_OCCUPIED = "host_occupied"        # bare metal: a server has the machine already
     HOST_KIND = "host_kind"                # not the kind of host the boot needs (bare metal)
 

@@ -26,7 +26,7 @@ from pcipass.sched.fit import NoFit, NoFitCode, shortage_verdict
 from pcipass.sched.snapshot import BootRequest
 from pcipass.store import Store
 from pcipass.store.candidates import MachineCounts
-from pcipass.store.claims import kind_verdict, occupied_verdict, reserved_verdict
+from pcipass.store.claims import down_verdict, kind_verdict, occupied_verdict, reserved_verdict
 
 __all__ = ["BAREMETAL_SERVER", "check_nics", "is_baremetal", "machine_verdicts",
            "on_baremetal", "refuse_baremetal"]
@@ -73,6 +73,7 @@ def machine_verdicts(req: BootRequest, counts: MachineCounts) -> list[tuple[int,
     out: list[tuple[int, NoFit]] = [
         (counts.hypervisors, kind_verdict("", True)),
         (counts.reserved, reserved_verdict("")),
+        (counts.down, down_verdict("")),
         (counts.occupied, occupied_verdict("")),
         (counts.vcpus, NoFit("", NoFitCode.VCPUS, "lacks vCPUs", "lack vCPUs")),
         (counts.ram, NoFit("", NoFitCode.RAM, "lacks RAM", "lack RAM")),

@@ -43,7 +43,13 @@ from pcipass.sched.weigh import WeighPolicy, weigh
 from pcipass.services.baremetal import machine_verdicts
 from pcipass.store import Store
 from pcipass.store.candidates import Counts, MachineCounts, Need
-from pcipass.store.claims import Decide, NewServer, kind_verdict, reserved_verdict
+from pcipass.store.claims import (
+    Decide,
+    NewServer,
+    down_verdict,
+    kind_verdict,
+    reserved_verdict,
+)
 from pcipass.store.usage import over_quota
 
 # Hosts judged with ``fit`` per pass at most: past this, a boot that passes the SQL
@@ -65,6 +71,7 @@ def count_verdicts(req: BootRequest, counts: Counts) -> list[tuple[int, NoFit]]:
     out.append((counts.vcpus, NoFit("", NoFitCode.VCPUS, "lacks vCPUs", "lack vCPUs")))
     out.append((counts.ram, NoFit("", NoFitCode.RAM, "lacks RAM", "lack RAM")))
     out.append((counts.reserved, reserved_verdict("")))
+    out.append((counts.down, down_verdict("")))
     out.append((counts.baremetal, kind_verdict("", False)))
     return [(n, v) for n, v in out if n]
 
@@ -122,7 +129,9 @@ RACE_CODES = frozenset({NoFitCode.PCI_COUNT, NoFitCode.VCPUS, NoFitCode.RAM})
 # ... and for a bare-metal boot, the machine taken meanwhile (or reserved, or its kind
 # changed by its agent's report).
 MACHINE_RACE_CODES = frozenset({NoFitCode.HOST_OCCUPIED, NoFitCode.HOST_RESERVED,
-                                NoFitCode.HOST_KIND})
+                                NoFitCode.HOST_DOWN, NoFitCode.HOST_KIND})
+# Hosts reserved or gone down while a boot tried them: the SQL counts have them already.
+CLOSED_CODES = frozenset({NoFitCode.HOST_RESERVED, NoFitCode.HOST_DOWN})
 
 
 @dataclass
@@ -350,8 +359,7 @@ class Placer:
             return machine_sentence(req, machines, [
                 v for v in out.verdicts if v.code not in MACHINE_RACE_CODES])
         counts = self.store.placement_counts(need, req.vcpus, req.ram_mb)
-        # A host reserved while this boot tried it is in the counts already.
-        verdicts = [v for v in out.verdicts if v.code is not NoFitCode.HOST_RESERVED]
+        verdicts = [v for v in out.verdicts if v.code not in CLOSED_CODES]
         message = sentence(req, count_verdicts(req, counts), verdicts)
         unjudged = counts.passed - out.examined
         if out.capped and unjudged > 0:

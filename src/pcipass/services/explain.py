@@ -21,8 +21,8 @@ from pcipass.services.boot import (
     sentence,
 )
 from pcipass.store import Store
-from pcipass.store.candidates import OTHER_KIND, RAM, RESERVED, VCPUS
-from pcipass.store.claims import kind_verdict, reserved_verdict
+from pcipass.store.candidates import DOWN, OTHER_KIND, RAM, RESERVED, VCPUS
+from pcipass.store.claims import down_verdict, kind_verdict, reserved_verdict
 
 __all__ = ["Explanation", "HostVerdict", "explain_boot"]
 
@@ -100,4 +100,5 @@ def _sql_reasons(req: BootRequest) -> Iterator[tuple[int, str]]:
     yield VCPUS, "lacks vCPUs"
     yield RAM, "lacks RAM"
     yield RESERVED, reserved_verdict("").text
+    yield DOWN, down_verdict("").text
     yield OTHER_KIND, kind_verdict("", False).text

@@ -1,5 +1,6 @@
 """The sweep as a background thread of ``pcipass serve``: spawns that no host finished in
-time fail even while no agent polls, and the disks of moves that are over are removed (the
+time fail even while no agent polls, hosts whose agent went silent are marked down
+(:mod:`pcipass.store.liveness`), and the disks of moves that are over are removed (the
 sweep is idempotent, so several API processes may run it at once)."""
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ EVERY_S = 2.0
 
 class Sweeper:
     def __init__(self, db_url: str, timeout: float, every: float = EVERY_S,
-                 disks: MoveDisks | None = None) -> None:
+                 disks: MoveDisks | None = None, host_down_after: float | None = None) -> None:
         self._db_url = db_url
         self._timeout = timeout
+        self._host_down_after = host_down_after
         self._disks = disks
         self._every = every
         self._stop = threading.Event()
@@ -45,6 +47,12 @@ class Sweeper:
                     expired = TaskStore(store, self._timeout).expire()
                     if expired:
                         log.info("failed %d spawn task(s) that ran out of time", expired)
+                    if self._host_down_after is not None:
+                        down = store.mark_hosts_down(self._host_down_after)
+                        if down:
+                            log.warning("host(s) %s are down: no poll or report for %g s; "
+                                        "nothing new is placed there", ", ".join(down),
+                                        self._host_down_after)
                     if self._disks is not None:
                         gone = self._disks.sweep(store.closed_move_ids)
                         if gone:

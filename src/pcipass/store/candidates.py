@@ -58,6 +58,7 @@ PASSED = -4
 RESERVED = -5  # reserved by an admin (draining): checked before anything else
 OTHER_KIND = -6  # a bare-metal host for a hypervisor boot, or the other way round
 OCCUPIED = -7    # a bare-metal host that runs a server already
+DOWN = -8        # its agent went silent (pcipass.store.liveness): checked after RESERVED
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,9 +82,9 @@ def _free_ram() -> ColumnElement[int]:
 
 
 def _open() -> ColumnElement[bool]:
-    """The host takes new guests: not reserved, and a hypervisor (bare-metal hosts take
-    only bare-metal boots: :func:`machines`)."""
-    return and_(~hosts.c.reserved, hosts.c.kind == HostKind.HYPERVISOR.value)
+    """The host takes new guests: not reserved, not down, and a hypervisor (bare-metal
+    hosts take only bare-metal boots: :func:`machines`)."""
+    return and_(~hosts.c.reserved, ~hosts.c.down, hosts.c.kind == HostKind.HYPERVISOR.value)
 
 
 def _compute() -> ColumnElement[bool]:
@@ -222,7 +223,8 @@ class Counts:
     ram: int
     passed: int               # hosts the candidate query lets through
     reserved: int = 0         # hosts reserved by an admin (draining), counted for nothing else
-    baremetal: int = 0        # bare-metal hosts (not reserved): they take no guest
+    baremetal: int = 0        # bare-metal hosts (not reserved, not down): they take no guest
+    down: int = 0             # hosts whose agent went silent (not reserved)
 
 
 def _code(needs: Sequence[Need], sums: Sequence[ColumnElement[Any]],
@@ -249,19 +251,20 @@ def _enough(shape: str) -> Any:
 
 def counts(conn: Connection, needs: Sequence[Need], vcpus: int, ram_mb: int, *,
            kind_set: int | None = None) -> Counts:
-    everyone, reserved, baremetal = conn.execute(select(
+    everyone, reserved, down, baremetal = conn.execute(select(
         func.count(), func.coalesce(func.sum(case((hosts.c.reserved, 1), else_=0)), 0),
-        func.coalesce(func.sum(case((and_(~hosts.c.reserved,
+        func.coalesce(func.sum(case((and_(~hosts.c.reserved, hosts.c.down), 1), else_=0)), 0),
+        func.coalesce(func.sum(case((and_(~hosts.c.reserved, ~hosts.c.down,
                                           hosts.c.kind != HostKind.HYPERVISOR.value), 1),
                                     else_=0)), 0))
         .select_from(hosts)).one()
-    total = everyone - reserved - baremetal   # the hosts that take new guests
+    total = everyone - reserved - down - baremetal   # the hosts that take new guests
     lack = [0] * len(needs)
     by_code: dict[int, int] = {}
     if needs and any(not n.kind_ids for n in needs):
         first = next(i for i, n in enumerate(needs) if not n.kind_ids)
         lack[first] = total
-        return Counts(everyone, tuple(lack), 0, 0, 0, reserved, baremetal)
+        return Counts(everyone, tuple(lack), 0, 0, 0, reserved, baremetal, down)
     single = len(needs) == 1 and (len(needs[0].kind_ids) == 1 or kind_set is not None)
     if single:
         params = {**_params(needs), "vcpus": vcpus, "ram": ram_mb}
@@ -287,7 +290,7 @@ def counts(conn: Connection, needs: Sequence[Need], vcpus: int, ram_mb: int, *,
     for i in range(len(needs)):
         lack[i] += by_code.get(i, 0) if not single else 0
     return Counts(everyone, tuple(lack), by_code.get(VCPUS, 0), by_code.get(RAM, 0),
-                  by_code.get(PASSED, 0), reserved, baremetal)
+                  by_code.get(PASSED, 0), reserved, baremetal, down)
 
 
 def host_codes(conn: Connection, needs: Sequence[Need], vcpus: int, ram_mb: int,
@@ -302,11 +305,13 @@ def host_codes(conn: Connection, needs: Sequence[Need], vcpus: int, ram_mb: int,
         agg = _aggregate(len(needs), having=False)
         code = _code(needs, [agg.c[f"f{i}"] for i in range(len(needs))], vcpus, ram_mb)
         q = select(hosts.c.id, hosts.c.name, case((hosts.c.reserved, RESERVED),
+                                                  (hosts.c.down, DOWN),
                                                   (_other_kind(), OTHER_KIND), else_=code)
                    ).select_from(hosts.outerjoin(agg, agg.c.host_id == hosts.c.id))
         params = _params(needs)
     else:
         q = select(hosts.c.id, hosts.c.name, case((hosts.c.reserved, RESERVED),
+                                                  (hosts.c.down, DOWN),
                                                   (_other_kind(), OTHER_KIND),
                                                   else_=_code((), (), vcpus, ram_mb)))
     return [(r[0], r[1], r[2]) for r in conn.execute(q.order_by(hosts.c.name).limit(limit),
@@ -326,7 +331,7 @@ def _other_kind() -> ColumnElement[bool]:
 # own ``host_kinds`` rows::
 #
 #     SELECT h.id, h.name FROM hosts h
-#     WHERE h.kind = 'baremetal' AND NOT h.reserved AND h.cpus >= :vcpus
+#     WHERE h.kind = 'baremetal' AND NOT h.reserved AND NOT h.down AND h.cpus >= :vcpus
 #       AND h.memory_mb >= :ram AND NOT EXISTS (SELECT 1 FROM servers s
 #                                               WHERE s.host_id = h.id AND s.status IN LIVE)
 #       AND (SELECT COALESCE(SUM(usable), 0) FROM host_kinds
@@ -348,7 +353,7 @@ def _machine_sum(i: int) -> Any:
 @lru_cache(maxsize=32)
 def _machines(count: int, spread: bool, only: bool) -> Any:
     q = (select(hosts.c.id, hosts.c.name)
-         .where(hosts.c.kind == HostKind.BAREMETAL.value, ~hosts.c.reserved,
+         .where(hosts.c.kind == HostKind.BAREMETAL.value, ~hosts.c.reserved, ~hosts.c.down,
                 hosts.c.cpus >= bindparam("vcpus"), hosts.c.memory_mb >= bindparam("ram"),
                 ~_occupied(), *(_machine_sum(i) >= bindparam(f"n{i}") for i in range(count)))
          .order_by(_direction(hosts.c.pci_free, spread), _direction(hosts.c.id, spread)))
@@ -384,13 +389,14 @@ class MachineCounts:
     ram: int
     lack: tuple[int, ...]     # per need: bare-metal hosts whose first unmet need it is
     passed: int
+    down: int = 0             # bare-metal hosts whose agent went silent (not reserved)
 
 
 def machine_counts(conn: Connection, needs: Sequence[Need], vcpus: int, ram_mb: int
                    ) -> MachineCounts:
     params: dict[str, Any] = {}
     whens: list[tuple[ColumnElement[bool], int]] = [
-        (hosts.c.reserved, RESERVED), (_occupied(), OCCUPIED),
+        (hosts.c.reserved, RESERVED), (hosts.c.down, DOWN), (_occupied(), OCCUPIED),
         (hosts.c.cpus < vcpus, VCPUS), (hosts.c.memory_mb < ram_mb, RAM)]
     for i, n in enumerate(needs):
         params[f"k{i}"] = sorted(n.kind_ids) or [-1]
@@ -405,4 +411,4 @@ def machine_counts(conn: Connection, needs: Sequence[Need], vcpus: int, ram_mb: 
     return MachineCounts(others, by_code.get(RESERVED, 0), by_code.get(OCCUPIED, 0),
                          by_code.get(VCPUS, 0), by_code.get(RAM, 0),
                          tuple(by_code.get(i, 0) for i in range(len(needs))),
-                         by_code.get(PASSED, 0))
+                         by_code.get(PASSED, 0), by_code.get(DOWN, 0))

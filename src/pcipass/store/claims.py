@@ -174,7 +174,7 @@ def recount_host(conn: Connection, host_id: int) -> None:
         used_vcpus=used_vcpus, used_ram_mb=used_ram, numa_used=per_node))
 
 
-_LOCK_HOST = (select(*HOST_COLUMNS, hosts.c.reserved, hosts.c.kind)
+_LOCK_HOST = (select(*HOST_COLUMNS, hosts.c.reserved, hosts.c.down, hosts.c.kind)
               .where(hosts.c.id == bindparam("host_id")).with_for_update(key_share=True))
 
 
@@ -182,6 +182,13 @@ def reserved_verdict(host: str) -> NoFit:
     """A host an admin reserved (draining): it takes no new server."""
     return NoFit(host, NoFitCode.HOST_RESERVED, "is reserved (draining)",
                  "are reserved (draining)")
+
+
+def down_verdict(host: str) -> NoFit:
+    """A host whose agent went silent (:mod:`pcipass.store.liveness`): nothing would run
+    what is placed there."""
+    return NoFit(host, NoFitCode.HOST_DOWN, "is down (its agent has gone silent)",
+                 "are down (their agents have gone silent)")
 
 
 def kind_verdict(host: str, baremetal: bool) -> NoFit:
@@ -294,6 +301,8 @@ def take_fit(conn: Connection, owner: str, project: str, host_id: int, decide: D
     if host.reserved:
         # Reserved after the narrowing read it: the reservation holds (same row lock).
         return reserved_verdict(host.name)
+    if host.down:
+        return down_verdict(host.name)
     machine = host.kind == HostKind.BAREMETAL.value
     if machine != baremetal:
         return kind_verdict(host.name, baremetal)

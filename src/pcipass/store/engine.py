@@ -138,6 +138,35 @@ class Transactions:
             yield conn
 
     @contextmanager
+    def schema_change(self) -> Iterator[Connection]:
+        """A write transaction for migrations.
+
+        On SQLite it follows SQLite's own procedure for changing a table: foreign keys off
+        around the transaction, and ``foreign_key_check`` before the commit. Batch mode
+        copies a table and drops the old one, and with foreign keys on, that drop deletes
+        (cascading) every row that references it: an upgrade would empty the database.
+        """
+        if self.engine.dialect.name != "sqlite":
+            with self.write() as conn:
+                yield conn
+            return
+        with self._translate(), self._writer.connect() as conn:
+            raw = conn.connection.driver_connection
+            assert raw is not None
+            raw.execute("PRAGMA foreign_keys=OFF")  # a no-op inside a transaction: before it
+            try:
+                with conn.begin():
+                    yield conn
+                    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise InfrastructureError(
+                            f"the schema change left {len(broken)} row(s) referencing "
+                            f"missing rows (first: table {broken[0][0]}, row {broken[0][1]}, "
+                            f"referencing {broken[0][2]}); nothing was changed")
+            finally:
+                raw.execute("PRAGMA foreign_keys=ON")
+
+    @contextmanager
     def _translate(self) -> Iterator[None]:
         try:
             yield

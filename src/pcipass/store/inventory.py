@@ -9,7 +9,8 @@ written. The host row is read ``FOR NO KEY UPDATE`` first (a no-op on SQLite, wh
 IMMEDIATE`` already holds the write lock), so a second agent waits for the first to commit and
 then fails fast on the generation instead of computing a plan from stale rows. The devices are
 read once, compared in Python (:func:`pcipass.pci.reconcile.reconcile`), and written with one
-executemany per kind of change; an unchanged report only touches ``last_report_at``.
+executemany per kind of change; an unchanged report only touches ``last_report_at`` (and
+clears ``down``: the agent is alive).
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def _replace(conn: Connection, row: Row[Any], generation: int | None, inventory:
     stored = load_devices(conn, row.id)
     plan = reconcile([r.tracked for r in stored.values()], inventory)
     changed = plan.changed or host_info(row) != inventory.host
-    values: dict[str, Any] = {"last_report_at": now}
+    values: dict[str, Any] = {"last_report_at": now, "down": False}  # its agent is alive
     if changed:
         values |= host_values(inventory.host)
         values["generation"] = hosts.c.generation + 1

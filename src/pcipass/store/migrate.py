@@ -44,7 +44,7 @@ def current_revision(conn: Connection) -> str | None:
 
 
 def upgrade(tx: Transactions, revision: str = "head") -> None:
-    with tx.write() as conn:
+    with tx.schema_change() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK})
         try:

@@ -134,6 +134,7 @@ def to_host(row: Row[Any], counts: dict[str, int] | None = None) -> HostRecord:
         device_counts=counts if counts is not None else empty_counts(),
         reserved=bool(m.get("reserved", False)),
         reserved_reason=m.get("reserved_reason"),
+        down=bool(m.get("down", False)),
     )
 
 

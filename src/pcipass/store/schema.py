@@ -122,6 +122,8 @@ hosts = Table(
     Column("created_at", UtcDateTime, nullable=False),
     # When its agent last asked for tasks (liveness).
     Column("last_seen", UtcDateTime, nullable=True),
+    # Its agent went silent (pcipass.store.liveness): nothing new is placed there.
+    Column("down", Boolean, nullable=False, server_default=text("false")),
     # What servers hold: vCPUs, RAM, per NUMA node {"<id>": [cpus, ram_mb]} (NUMA guests).
     Column("used_vcpus", Integer, nullable=False, server_default="0"),
     Column("used_ram_mb", BigInteger, nullable=False, server_default="0"),

@@ -44,6 +44,7 @@ from pcipass.store import drain as _drain
 from pcipass.store import events as _events
 from pcipass.store import inventory as _inventory
 from pcipass.store import live as _live
+from pcipass.store import liveness as _liveness
 from pcipass.store import migrate as _migrate
 from pcipass.store import moves as _moves
 from pcipass.store import networks as _networks
@@ -147,6 +148,11 @@ class Store:
         runs there keeps its devices. See :mod:`pcipass.store.drain`."""
         with self._tx.write() as conn:
             return _drain.reserve_host(conn, host, reserved, reason, self._clock())
+
+    def mark_hosts_down(self, after_s: float) -> list[str]:
+        """Mark down the hosts whose agent went silent; see :mod:`pcipass.store.liveness`."""
+        with self._tx.write() as conn:
+            return _liveness.mark_down(conn, self._clock(), after_s)
 
     def drain_entries(self, host: str) -> tuple[HostRecord, tuple[_drain.DrainEntry, ...]]:
         """The host and the servers still on it, with their devices' spec tags."""

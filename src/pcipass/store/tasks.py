@@ -111,7 +111,8 @@ def poll(tx: Transactions, host: str, now: datetime, timeout: float) -> list[Tas
     """The host's open tasks, oldest first; records that its agent was seen."""
     with tx.write() as conn:
         host_id = _host_id(conn, host)
-        conn.execute(update(hosts).where(hosts.c.id == host_id).values(last_seen=now))
+        conn.execute(update(hosts).where(hosts.c.id == host_id).values(last_seen=now,
+                                                                          down=False))
         rows = conn.execute(select(tasks).where(tasks.c.host_id == host_id,
                                                 tasks.c.state.in_(OPEN))
                             .order_by(tasks.c.id)).all()

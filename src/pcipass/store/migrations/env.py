@@ -37,7 +37,7 @@ def main() -> None:
         raise SystemExit("give a database: alembic -x url=... or sqlalchemy.url")
     engine = make_engine(url)
     try:
-        with Transactions(engine).write() as conn:
+        with Transactions(engine).schema_change() as conn:
             _run(conn)
     finally:
         engine.dispose()

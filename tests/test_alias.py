@@ -297,3 +297,13 @@ def test_input_not_mutated() -> None:
     snapshot = json.dumps(obj)
     parse_aliases(obj)
     assert json.dumps(obj) == snapshot
+
+
+@pytest.mark.parametrize(("word", "truth"), [
+    ("true", True), (" YES ", True), ("1", True), ("on", True), ("t", True), ("y", True),
+    ("false", False), ("No", False), ("0", False), ("off", False), ("f", False), ("n", False),
+    ("maybe", None), ("", None), ("2", None),
+])
+def test_bool_words_are_oslos(word: str, truth: bool | None) -> None:
+    from pcipass.pci.boolwords import bool_word
+    assert bool_word(word) is truth

@@ -655,3 +655,12 @@ def test_only_a_true_word_makes_a_spec_remote_managed(word: str) -> None:
     assert spec.remote_managed is (word.strip().lower() in ("true", "on"))
     no_serial = dpu_host(None)
     assert spec.matches(no_serial[1], HostView.of(no_serial)) is not spec.remote_managed
+
+
+def test_applying_twice_gives_the_same_devices() -> None:
+    """The agent may apply its specs to devices that carry an earlier verdict: the
+    remote_managed warning is not added again."""
+    specs = load_device_specs([REMOTE_VFS])
+    once = specs.apply(dpu_host(None))
+    assert specs.apply(once) == once
+    assert specs.verdict(once[1]) == (None, once[1].warnings[0])

@@ -42,6 +42,7 @@ _HEXDIGITS = frozenset("0123456789abcdef")
 # O_NONBLOCK: sysfs never holds a FIFO, but a broken tree might; never hang on one.
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY
+_TEXT_MAX = 4096  # a sysfs attribute is at most a page
 
 
 def discover(root: Path, *, pci_ids: PciIds | None = None,
@@ -79,15 +80,14 @@ def discover(root: Path, *, pci_ids: PciIds | None = None,
     devices = []
     for addr in sorted(raws):
         raw = raws[addr]
-        serial = raw.card_serial_number
         if raw.physfn is not None:
             parent = raws.get(raw.physfn)
             if parent is None or not parent.is_pf:
                 log.warning("skipping VF %s: its PF %s is not a visible SR-IOV PF",
                             addr, raw.physfn)
                 continue
-            serial = parent.card_serial_number
-        devices.append(_build(raw, vf_index, groups, node_ids, pci_ids, serial))
+            raw.card_serial_number = parent.card_serial_number  # the card's, as Nova reads it
+        devices.append(_build(raw, vf_index, groups, node_ids, pci_ids))
     return Inventory(host=host, devices=tuple(devices))
 
 
@@ -127,23 +127,14 @@ class _DeviceDir:
         self.warnings: list[str] = []
 
     def text(self, name: str) -> str | None:
-        if name not in self.entries:
-            return None
-        try:
-            return _read_text(name, self.fd)
-        except OSError as exc:
-            self.warnings.append(f"{name}: cannot read ({exc.strerror or exc})")
-            return None
+        data = self.data(name, _TEXT_MAX)
+        return None if data is None else _text(data)
 
     def data(self, name: str, limit: int) -> bytes | None:
         if name not in self.entries:
             return None
         try:
-            fd = os.open(name, _OPEN_FLAGS, dir_fd=self.fd)
-            try:
-                return _read_all(fd, limit)
-            finally:
-                os.close(fd)
+            return _read_bytes(name, self.fd, limit)
         except OSError as exc:
             self.warnings.append(f"{name}: cannot read ({exc.strerror or exc})")
             return None
@@ -189,25 +180,30 @@ class _DeviceDir:
             return None
 
 
-def _read_text(name: str, dir_fd: int) -> str:
+def _read_bytes(name: str, dir_fd: int, limit: int) -> bytes:
+    """Up to ``limit`` bytes of ``name``: an attribute comes in one read, a binary file such
+    as ``vpd`` may take several."""
     fd = os.open(name, _OPEN_FLAGS, dir_fd=dir_fd)
     try:
-        data = os.read(fd, 4096)
+        chunks = []
+        size = 0
+        while size < limit:
+            chunk = os.read(fd, limit - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def _text(data: bytes) -> str:
     return data.decode("ascii", "replace").strip()
 
 
-def _read_all(fd: int, limit: int) -> bytes:
-    chunks = []
-    size = 0
-    while size < limit:
-        chunk = os.read(fd, limit - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
+def _read_text(name: str, dir_fd: int) -> str:
+    return _text(_read_bytes(name, dir_fd, _TEXT_MAX))
 
 
 def _read_device(path: str, addr: PciAddress) -> _Raw | None:
@@ -359,7 +355,7 @@ class _IommuGroups:
 
 
 def _build(raw: _Raw, vf_index: dict[PciAddress, int], groups: _IommuGroups,
-           node_ids: set[int], pci_ids: PciIds | None, serial: str | None) -> PciDevice:
+           node_ids: set[int], pci_ids: PciIds | None) -> PciDevice:
     warnings = raw.warnings
     index = None
     if raw.physfn is not None:
@@ -404,7 +400,7 @@ def _build(raw: _Raw, vf_index: dict[PciAddress, int], groups: _IommuGroups,
         driver=raw.driver,
         netdevs=tuple(raw.netdevs),
         name=pci_ids.name(raw.vendor_id, raw.product_id) if pci_ids is not None else None,
-        card_serial_number=serial,
+        card_serial_number=raw.card_serial_number,
         warnings=tuple(warnings),
     )
 

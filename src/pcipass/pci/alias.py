@@ -50,6 +50,7 @@ from enum import StrEnum
 from typing import Any
 
 from pcipass.errors import InvalidAlias
+from pcipass.pci.boolwords import bool_word
 from pcipass.pci.device import DevType, PciDevice
 
 __all__ = [
@@ -89,21 +90,10 @@ _NOT_MATCH_KEYS = frozenset({
 })
 # Tags that hold booleans; compared as booleans, and absent means false.
 BOOL_TAGS = frozenset({"trusted", "remote_managed", "live_migratable", "managed", "one_time_use"})
-_TRUE_WORDS = frozenset({"1", "t", "true", "on", "y", "yes"})
-_FALSE_WORDS = frozenset({"0", "f", "false", "off", "n", "no"})
 
 _HEX4 = re.compile(r"^[0-9a-fA-F]{4}$")
 _HEX_PREFIX = re.compile(r"^[0-9a-f]{1,6}$")
 _NOT_PLACEMENT = re.compile(r"[^A-Z0-9_]")
-
-
-def _bool_word(text: str) -> bool | None:
-    word = text.strip().lower()
-    if word in _TRUE_WORDS:
-        return True
-    if word in _FALSE_WORDS:
-        return False
-    return None
 
 
 def _placement_key(name: str) -> str:
@@ -147,7 +137,7 @@ class Constraint:
             return value is not None and value.lower() in self.allowed
         raw = dev.tags.get(self.key)
         if self.key in BOOL_TAGS:
-            truth = False if raw is None else _bool_word(raw)
+            truth = False if raw is None else bool_word(raw)
             return truth is not None and ("true" if truth else "false") in self.allowed
         return raw is not None and raw.lower() in self.allowed
 
@@ -190,7 +180,7 @@ class AliasEntry:
             return False
         # ...and remote-managed (SmartNIC DPU) functions unless those are asked for.
         remote = dev.tags.get("remote_managed")
-        if remote is not None and _bool_word(remote) and not self.wants_remote_managed:
+        if remote is not None and bool_word(remote) and not self.wants_remote_managed:
             return False
         if self.resource_class is not None and (
                 _device_rc(dev) != _placement_key(self.resource_class)):
@@ -199,7 +189,7 @@ class AliasEntry:
             return False
         if self.live_migratable is not None:
             raw = dev.tags.get("live_migratable")
-            if bool(raw is not None and _bool_word(raw)) is not self.live_migratable:
+            if bool(raw is not None and bool_word(raw)) is not self.live_migratable:
                 return False
         return all(c.test(dev) for c in self.match)
 
@@ -293,7 +283,7 @@ def _match_value(w: _Where, key: str, value: object) -> str:
         raise w.error(path, f"match {key!r} values must be strings or booleans, not "
                             f"{_kind(value)}")
     if key in BOOL_TAGS:
-        truth = _bool_word(text)
+        truth = bool_word(text)
         if truth is None:
             raise w.error(path, f"match {key!r} value {text!r} is not a boolean "
                                 "(true/false, yes/no, on/off, 1/0)")
@@ -387,7 +377,7 @@ def parse_alias_entry(obj: object, *, where: str = "alias[0]") -> AliasEntry:
         if not isinstance(raw_live, str | bool):
             raise w.error("live_migratable", f"live_migratable must be a string, not "
                                              f"{_kind(raw_live)}")
-        live = raw_live if isinstance(raw_live, bool) else _bool_word(raw_live)
+        live = raw_live if isinstance(raw_live, bool) else bool_word(raw_live)
         if live is None:
             raise w.error("live_migratable", f"live_migratable {raw_live!r} is not a boolean "
                                              "(true/false, yes/no, on/off, 1/0)")

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 
 from pcipass.errors import InvalidDeviceSpec
 from pcipass.pci.address import PciAddress
+from pcipass.pci.boolwords import bool_word
 from pcipass.pci.device import DevType, PciDevice
 from pcipass.pci.devspec_address import (
     ANY,
@@ -58,8 +59,6 @@ SPECIAL_KEYS = ("vendor_id", "product_id", "address", "devname")
 # Tags whose value newer Nova parses strictly as a boolean and stores as "true"/"false"
 # (oslo's bool_from_string word lists).
 BOOL_TAGS = frozenset({"managed", "live_migratable", "one_time_use"})
-_TRUE_WORDS = frozenset({"1", "t", "true", "on", "y", "yes"})
-_FALSE_WORDS = frozenset({"0", "f", "false", "off", "n", "no"})
 
 _SHOWN_MAX = 80
 
@@ -141,7 +140,7 @@ class DeviceSpec:
     def remote_managed(self) -> bool:
         """Nova reads this tag leniently (oslo's non-strict bool): only a true word counts."""
         value = self.tags.get("remote_managed")
-        return value is not None and value.strip().lower() in _TRUE_WORDS
+        return value is not None and bool_word(value) is True
 
     def remote_problem(self, dev: PciDevice) -> str | None:
         """Why this ``remote_managed`` spec cannot take ``dev`` although it names it.
@@ -177,12 +176,23 @@ class DeviceSpecSet:
     specs: tuple[DeviceSpec, ...] = ()
 
     def match(self, dev: PciDevice, host: HostView | None = None) -> DeviceSpec | None:
+        return self.verdict(dev, host)[0]
+
+    def verdict(self, dev: PciDevice, host: HostView | None = None
+                ) -> tuple[DeviceSpec | None, str | None]:
+        """The first spec that takes ``dev``, and why the first ``remote_managed`` spec that
+        names it before then could not (None when none did)."""
         if host is None:
             host = HostView.of((dev,))
+        problem: str | None = None
         for spec in self.specs:
-            if spec.matches(dev, host):
-                return spec
-        return None
+            if not spec.selects(dev, host):
+                continue
+            why = spec.remote_problem(dev)
+            if why is None:
+                return spec, problem
+            problem = problem or why
+        return None, problem
 
     def apply(self, devices: Sequence[PciDevice]) -> tuple[PciDevice, ...]:
         """Copies of ``devices`` with ``assignable`` and ``tags`` set from the specs.
@@ -193,17 +203,10 @@ class DeviceSpecSet:
         host = HostView.of(devices)
         out = []
         for dev in devices:
-            chosen: DeviceSpec | None = None
-            problem: str | None = None
-            for spec in self.specs:
-                if not spec.selects(dev, host):
-                    continue
-                why = spec.remote_problem(dev)
-                if why is None:
-                    chosen = spec
-                    break
-                problem = problem or why
-            warnings = dev.warnings if problem is None else (*dev.warnings, problem)
+            chosen, problem = self.verdict(dev, host)
+            warnings = dev.warnings
+            if problem is not None and problem not in warnings:   # applying twice adds none
+                warnings = (*warnings, problem)
             out.append(replace(dev, assignable=chosen is not None, warnings=warnings,
                                tags=dict(chosen.tags) if chosen is not None else {}))
         return tuple(out)
@@ -296,11 +299,9 @@ def _tag_value(spec: _Spec, key: str, value: object) -> str | None:
         raise spec.error(key, f"{key} must be a string, number or boolean, not {_kind(value)}"
                          " (tag values are compared as strings)")
     if key in BOOL_TAGS:
-        word = text.strip().lower()
-        if word in _TRUE_WORDS:
-            return "true"
-        if word in _FALSE_WORDS:
-            return "false"
+        truth = bool_word(text)
+        if truth is not None:
+            return "true" if truth else "false"
         raise spec.error(key, f"{key} {text!r} is not a boolean "
                          "(true/false, yes/no, on/off, 1/0, t/f, y/n)")
     return text

@@ -22,7 +22,7 @@ import pytest
 
 import apiserver
 from apiserver import ApiServer, api_server
-from pcipass.agent.loop import Agent
+from pcipass.agent.loop import Agent, stop_on_signals, wait_until_stopped
 from pcipass.agent.policy import (
     Accepted,
     Failed,
@@ -431,3 +431,28 @@ def test_refused_report_is_logged_and_not_resent(server: ApiServer, tmp_path: Pa
         thread.join(timeout=10)
         client.close()
     assert not thread.is_alive()
+
+
+def test_ctrl_c_delivered_to_another_thread_still_stops_the_main_thread() -> None:
+    """The kernel may hand SIGINT to any thread; the main thread's wait must still see the
+    handler's ``stop`` (an untimed ``Event.wait`` slept through it: the demo hung on Ctrl-C)."""
+    assert threading.current_thread() is threading.main_thread()
+    stop = threading.Event()
+    fallback = threading.Event()
+
+    def signal_from_here() -> None:
+        time.sleep(0.1)
+        signal.pthread_kill(threading.get_ident(), signal.SIGINT)  # this thread, not main
+        if not stop.wait(10):          # never leave the test hanging if the fix regresses
+            fallback.set()
+            stop.set()
+
+    with stop_on_signals(stop):
+        helper = threading.Thread(target=signal_from_here)
+        started = time.monotonic()
+        helper.start()
+        wait_until_stopped(stop, poll=0.2)
+        waited = time.monotonic() - started
+    helper.join()
+    assert not fallback.is_set()
+    assert waited < 5, waited

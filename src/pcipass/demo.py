@@ -43,7 +43,7 @@ from rich.rule import Rule
 from rich.table import Table
 
 from pcipass import errors
-from pcipass.agent.loop import Agent, stop_on_signals
+from pcipass.agent.loop import Agent, stop_on_signals, wait_until_stopped
 from pcipass.agent.ports import SriovKind, make_programmer
 from pcipass.agent.state import state_path
 from pcipass.agent.tasks import TaskRunner
@@ -1283,7 +1283,7 @@ def keep_serving(run: DemoRun) -> None:
                 "  pcipass explain --flavor gpu.large")
         c.print(f"hosts' sysfs trees are under {run.workdir / 'hosts'}; agents re-discover "
                 f"every 2s and report every {LIVE_INTERVAL_S:.0f}s. Ctrl-C stops everything.")
-        run.stop.wait()
+        wait_until_stopped(run.stop)
     c.print("stopping the agents and the control plane")
     for t in threads:
         t.join(timeout=15)

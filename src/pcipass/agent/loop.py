@@ -174,6 +174,17 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, previous)
 
 
+def wait_until_stopped(stop: threading.Event, poll: float = 0.5) -> None:
+    """Block the main thread until ``stop`` is set, waking every ``poll`` seconds.
+
+    The kernel may deliver SIGINT to any thread; Python runs the handler that sets ``stop``
+    only when the main thread executes bytecode again, so an untimed wait would sleep
+    through Ctrl-C.
+    """
+    while not stop.wait(poll):
+        pass
+
+
 def run_agent(agent: Agent, tasks: TaskRunner | None = None, *,
               grace: float = TASK_GRACE_S) -> None:
     """Report inventory in this thread and run tasks in another until ``agent.stop`` is set.

@@ -127,14 +127,14 @@ class _DeviceDir:
         self.warnings: list[str] = []
 
     def text(self, name: str) -> str | None:
-        data = self.data(name, _TEXT_MAX)
+        data = self.data(name, _TEXT_MAX, until_eof=False)
         return None if data is None else _text(data)
 
-    def data(self, name: str, limit: int) -> bytes | None:
+    def data(self, name: str, limit: int, *, until_eof: bool = True) -> bytes | None:
         if name not in self.entries:
             return None
         try:
-            return _read_bytes(name, self.fd, limit)
+            return _read_bytes(name, self.fd, limit, until_eof=until_eof)
         except OSError as exc:
             self.warnings.append(f"{name}: cannot read ({exc.strerror or exc})")
             return None
@@ -180,17 +180,19 @@ class _DeviceDir:
             return None
 
 
-def _read_bytes(name: str, dir_fd: int, limit: int) -> bytes:
-    """Up to ``limit`` bytes of ``name``: an attribute comes in one read, a binary file such
-    as ``vpd`` may take several."""
+def _read_bytes(name: str, dir_fd: int, limit: int, *, until_eof: bool = False) -> bytes:
+    """Up to ``limit`` bytes of ``name``. A sysfs attribute comes whole in one read (a second
+    would cost a syscall per attribute on hosts with thousands of VFs); a binary file such as
+    ``vpd`` may come in pieces: ``until_eof`` reads on to the end."""
     fd = os.open(name, _OPEN_FLAGS, dir_fd=dir_fd)
     try:
-        chunks = []
-        size = 0
-        while size < limit:
+        chunk = os.read(fd, limit)
+        if not until_eof:
+            return chunk
+        chunks = [chunk]
+        size = len(chunk)
+        while chunk and size < limit:
             chunk = os.read(fd, limit - size)
-            if not chunk:
-                break
             chunks.append(chunk)
             size += len(chunk)
         return b"".join(chunks)
